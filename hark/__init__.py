@@ -1,0 +1,3 @@
+"""hark: language-based audio search served from Qdrant."""
+
+__version__ = "0.1.0"

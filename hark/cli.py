@@ -1,0 +1,266 @@
+"""The `hark` command line. Heavy stacks are imported inside the commands that need them, so the runtime
+commands never load torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hark.errors import HarkError
+
+log = logging.getLogger("hark")
+
+
+class CLIError(HarkError):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False, default=str))
+
+
+def _print_metrics_table(rows: dict[str, dict[str, float]]) -> None:
+    keys = sorted({k for r in rows.values() for k in r}, key=lambda k: (k[0] != "R", k))
+    width = max(len(n) for n in rows) + 2
+    print("".ljust(width) + "".join(k.rjust(12) for k in keys))
+    for name, values in rows.items():
+        print(name.ljust(width) + "".join(f"{values.get(k, float('nan')):12.2f}" for k in keys))
+
+
+# -- training side -------------------------------------------------------------------------------
+def cmd_configs(args: argparse.Namespace) -> int:
+    from hark.training.config import describe_config, named_configs
+
+    configs = named_configs()
+    if args.json:
+        _print_json({name: describe_config(path) for name, path in configs.items()})
+    else:
+        for name, path in configs.items():
+            print(f"{name:22s} {describe_config(path)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hark.training.config import load_config
+    from hark.training.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, args.data, Path(args.out), device=args.device, resume=not args.no_resume,
+                   progress=not args.quiet)
+    summary = {"out": str(result.out_dir), "epochs": result.epochs_run, "best_val_mAP@10": result.best_metric,
+               "last": result.history[-1] if result.history else {}}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"trained {result.epochs_run} epochs; best validation mAP@10 {result.best_metric:.2f}; "
+              f"checkpoints and metrics.jsonl in {result.out_dir}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from hark.training.run import distill
+
+    result = distill(Path(args.init), [Path(t) for t in args.teacher], args.data, Path(args.out),
+                     overrides=args.overrides, device=args.device, resume=not args.no_resume,
+                     progress=not args.quiet)
+    summary = {"out": str(result.out_dir), "epochs": result.epochs_run, "best_val_mAP@10": result.best_metric}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"distilled {result.epochs_run} epochs; best validation mAP@10 {result.best_metric:.2f}; "
+              f"checkpoints in {result.out_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hark.training import metrics
+
+    if bool(args.checkpoint) == bool(args.scores):
+        raise CLIError("give either --checkpoint (one or more, averaged as an ensemble) or --scores")
+    relevance = metrics.read_relevance(args.relevance) if args.relevance else None
+    from hark.training.evaluate import relevance_metrics, score_split, split_metrics, write_score_csv
+    from hark.training.run import load_split, pick_device
+
+    examples = load_split(args.data, args.split)
+    if not examples:
+        raise CLIError(f"no examples for split '{args.split}' in {', '.join(args.data)}")
+    rows: dict[str, dict[str, float]] = {}
+    if args.scores:
+        queries, names, scores = metrics.read_score_csv(args.scores)
+        targets = {}
+        for ex in examples:
+            for caption in ex.captions:
+                targets.setdefault(metrics.normalize_query(caption), ex.audio_path.name)
+        result = metrics.evaluate_scores(scores, queries, names, targets, None)
+        if relevance is not None:
+            result.update(relevance_metrics(scores, queries, names, relevance))
+        rows["scores"] = result
+    else:
+        from hark.training.model import load_checkpoint
+
+        device = pick_device(args.device)
+        splits = []
+        for path in args.checkpoint:
+            model, _ = load_checkpoint(path)
+            split = score_split(model.to(device), examples, progress=not args.quiet)
+            splits.append(split)
+            if len(args.checkpoint) == 1:
+                for head in split.scores:
+                    rows[head] = split_metrics(split, head, relevance)
+        if len(splits) > 1:
+            # Members may skip different files only if their decoders disagree; they share one.
+            base = splits[0]
+            base.scores["ensemble"] = metrics.ensemble([s.scores["fused"] for s in splits])
+            rows["ensemble"] = split_metrics(base, "ensemble", relevance)
+        if args.write_scores:
+            write_score_csv(splits[0], Path(args.write_scores),
+                            "ensemble" if len(splits) > 1 else "fused")
+    headline = rows.get("ensemble") or rows.get("fused") or rows.get("scores")
+    if args.json:
+        if len(rows) > 1:
+            print(json.dumps({"heads": rows}), file=sys.stderr)
+        _print_json(headline)
+    else:
+        _print_metrics_table(rows)
+    return 0
+
+
+# -- bundles -------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from hark.exporters.onnx_export import export_bundle
+    from hark.plugin.verify import verify_bundle
+
+    out = export_bundle(args.checkpoint, args.out, precision=args.precision, exporter=args.exporter,
+                        overwrite=args.overwrite)
+    report = verify_bundle(out)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"bundle {report['name']} version {report['version']} written to {out} "
+              f"(graphs: {', '.join(report['graphs'])}; parity {json.dumps(report['parity'])})")
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from hark.plugin.verify import verify_bundle
+
+    report = verify_bundle(args.bundle, device=args.device)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"OK  {report['name']} version {report['version']}: {report['files']} files hashed, graphs "
+              + ", ".join(f"{g} ({'/'.join(p)})" for g, p in report["graphs"].items())
+              + f", smoke test passed in {report['seconds']} s")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print results as JSON (the last line is one object)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hark", description="Language-based audio search for Qdrant.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("configs", help="list the named model configs")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_configs)
+
+    p = sub.add_parser("train", help="train a model (stage 1, contrastive)",
+                       description="Train a model on one or more dataset folders (Clotho, AudioCaps, WavCaps, "
+                       "TACOS layouts). Resumes from OUT/last.pt when it exists.")
+    p.add_argument("config", help="a named config (see `hark configs`) or a JSON config file")
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="dataset folder; repeat to mix datasets")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoints, metrics.jsonl")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="config overrides, e.g. train.epochs=3 heads.attention=full")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="fine-tune a student on an ensemble's scores (stage 2)",
+                       description="Knowledge distillation: the student starts from its stage-1 checkpoint "
+                       "(--init) and learns the averaged score matrices of the teachers.")
+    p.add_argument("--init", required=True, metavar="CKPT", help="the student's stage-1 checkpoint")
+    p.add_argument("--teacher", action="append", required=True, metavar="CKPT",
+                   help="a teacher checkpoint; repeat for an ensemble")
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+    _add_common(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="R@1/5/10, mAP@10 (and mAP@16) on a dataset split",
+                       description="Score a split with one or more checkpoints (several are averaged as an "
+                       "ensemble), or score any system's predictions from a score CSV (a `query` column, "
+                       "then one column per audio file name).")
+    p.add_argument("--checkpoint", action="append", metavar="CKPT", help="checkpoint file or run folder")
+    p.add_argument("--scores", metavar="CSV", help="score file to evaluate instead of a checkpoint")
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--split", default="evaluation", help="split name (default: evaluation)")
+    p.add_argument("--relevance", metavar="CSV", help="DCASE 2025 relevance file (query,audio_filenames)")
+    p.add_argument("--write-scores", metavar="CSV", help="also write the score matrix as a score CSV")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint as an ONNX model bundle",
+                       description="Write audio/clip/text/rerank ONNX graphs, the tokenizer and manifest.json "
+                       "(hashes, parity, collection schema) to OUT, then verify the bundle.")
+    p.add_argument("checkpoint", help="checkpoint file or run folder (best.pt is used)")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="default precision of the encoders (fp32 graphs are always included)")
+    p.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"],
+                   help="torch.onnx exporter to use")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bundle", help="inspect model bundles")
+    bsub = p.add_subparsers(dest="bundle_command", required=True)
+    v = bsub.add_parser("verify", help="check hashes and format, load every graph, run a smoke input")
+    v.add_argument("bundle", help="bundle folder")
+    v.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_bundle_verify)
+    return parser
+
+
+USER_ERRORS = (HarkError, FileNotFoundError, ValueError, PermissionError, IsADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        if exc.name in {"torch", "torchaudio", "transformers", "hear21passt", "onnx"}:
+            print(f"hark: error: this command needs the training stack ({exc.name} is missing); "
+                  "install it with: pip install 'hark[train]'", file=sys.stderr)
+            return 2
+        raise
+    except USER_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"hark: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

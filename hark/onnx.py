@@ -1,0 +1,57 @@
+"""ONNX Runtime sessions: CUDA where it really works, CPU otherwise, decided once per process.
+
+onnxruntime-gpu lists the CUDA provider even on machines without CUDA libraries; a session asked for it
+then logs an error and falls back. So the first session of a process asks quietly, the outcome is
+cached and logged once, and later sessions never ask for a provider that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_resolved: dict[str, list[str]] = {}
+
+
+def _options(quiet: bool = False):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # 4 = fatal only: the probing session must not print the missing-CUDA error.
+    opts.log_severity_level = 4 if quiet else 3
+    threads = os.environ.get("HARK_ORT_THREADS")
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return opts
+
+
+def create_session(path: str | Path, device: str = "auto"):
+    """An InferenceSession on `device` ("auto", "cpu" or "cuda")."""
+    import onnxruntime as ort
+
+    if device not in {"auto", "cpu", "cuda"}:
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cpu":
+        return ort.InferenceSession(str(path), _options(), providers=[CPU])
+    if device in _resolved:
+        return ort.InferenceSession(str(path), _options(), providers=_resolved[device])
+    wanted = [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+    session = ort.InferenceSession(str(path), _options(quiet=True), providers=wanted)
+    got = session.get_providers()
+    if device == "cuda" and CUDA not in got:
+        raise RuntimeError("device 'cuda' was asked for, but ONNX Runtime cannot use CUDA here "
+                           "(no GPU, or the CUDA/cuDNN libraries are missing)")
+    _resolved[device] = [p for p in wanted if p in got] or [CPU]
+    log.info("ONNX Runtime providers: %s", ", ".join(_resolved[device]))
+    return session
+
+
+def active_providers() -> dict[str, list[str]]:
+    """What each device setting resolved to in this process (for health endpoints and logs)."""
+    return dict(_resolved)

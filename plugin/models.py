@@ -1,0 +1,126 @@
+"""The bundle's graphs behind small numpy interfaces: text encoder, audio encoder, reranker.
+
+Torch-free. Shapes are bounded: audio segments are always one segment long (zero-padded), run in
+batches of at most `batch_segments`; text is padded to the longest query of a batch (<= max_tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hark.bundle import Bundle
+
+
+@dataclass
+class TextBatch:
+    sentence: np.ndarray  # [B, d] unit vectors for the cosine prefilter
+    tokens: np.ndarray  # [B, L, Dt] text token embeddings for the reranker
+    mask: np.ndarray  # [B, L] 1 for real tokens
+
+
+@dataclass
+class ClipVectors:
+    global_: np.ndarray  # [d]
+    rows: np.ndarray  # [M, row] the `tokens` multivector (M segments), empty without a rerank head
+    segments: int
+
+
+class TextEncoder:
+    def __init__(self, bundle: Bundle, device: str = "auto", precision: str | None = None) -> None:
+        self.bundle = bundle
+        self.session = bundle.session("text", device, precision)
+        self.tokenizer = bundle.tokenizer
+
+    def encode(self, texts: Sequence[str]) -> TextBatch:
+        if isinstance(texts, str):
+            texts = [texts]
+        ids, mask = self.tokenizer.encode(list(texts))
+        sentence, tokens = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return TextBatch(sentence.astype(np.float32), tokens.astype(np.float32), mask)
+
+
+def split_segments(wave: np.ndarray, segment_samples: int, max_segments: int) -> np.ndarray:
+    """One window of audio -> [M, segment_samples] zero-padded segments, 1 <= M <= max_segments."""
+    count = min(max_segments, max(1, math.ceil(len(wave) / segment_samples)))
+    out = np.zeros((count, segment_samples), dtype=np.float32)
+    for m in range(count):
+        piece = wave[m * segment_samples:(m + 1) * segment_samples]
+        out[m, : len(piece)] = piece
+    return out
+
+
+class AudioEncoder:
+    def __init__(self, bundle: Bundle, device: str = "auto", precision: str | None = None,
+                 batch_segments: int = 8) -> None:
+        self.bundle = bundle
+        self.audio = bundle.session("audio", device, precision)
+        self.clip = bundle.session("clip", device)
+        self.batch_segments = batch_segments
+        self.segment_samples = bundle.segment_samples
+        self.max_segments = bundle.max_segments
+
+    @property
+    def window_samples(self) -> int:
+        return self.segment_samples * self.max_segments
+
+    def embed_segments(self, segments: np.ndarray) -> np.ndarray:
+        """[S, segment_samples] -> [S, Da], in batches of bounded size."""
+        parts = []
+        for start in range(0, len(segments), self.batch_segments):
+            chunk = np.ascontiguousarray(segments[start:start + self.batch_segments], dtype=np.float32)
+            parts.append(self.audio.run(None, {"segments": chunk})[0])
+        return np.concatenate(parts).astype(np.float32)
+
+    def encode_windows(self, windows: Sequence[np.ndarray]) -> list[ClipVectors]:
+        """Each window (at most max_segments segments of audio) -> its stored vectors."""
+        if not windows:
+            return []
+        split = [split_segments(w, self.segment_samples, self.max_segments) for w in windows]
+        embeddings = self.embed_segments(np.concatenate(split))
+        m = self.max_segments
+        seg = np.zeros((len(windows), m, embeddings.shape[1]), dtype=np.float32)
+        mask = np.zeros((len(windows), m), dtype=np.float32)
+        offset = 0
+        for i, s in enumerate(split):
+            seg[i, : len(s)] = embeddings[offset:offset + len(s)]
+            mask[i, : len(s)] = 1
+            offset += len(s)
+        glob, rows = self.clip.run(None, {"segment_embeddings": seg, "segment_mask": mask})
+        return [ClipVectors(glob[i].astype(np.float32), rows[i, : len(s)].astype(np.float32), len(s))
+                for i, s in enumerate(split)]
+
+
+class Reranker:
+    """The folded attention head over stored `tokens` rows."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto") -> None:
+        self.session = bundle.session("rerank", device)
+        self.max_segments = bundle.max_segments
+
+    def pack(self, candidates: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates' multivectors (M_i rows each) -> [K, max_segments, row] and segment mask [K, M]."""
+        width = candidates[0].shape[1]
+        rows = np.zeros((len(candidates), self.max_segments, width), dtype=np.float32)
+        mask = np.zeros((len(candidates), self.max_segments), dtype=np.float32)
+        for i, c in enumerate(candidates):
+            count = min(len(c), self.max_segments)
+            rows[i, :count] = c[:count]
+            mask[i, :count] = 1
+        return rows, mask
+
+    def score(self, tokens: np.ndarray, token_mask: np.ndarray, candidates: Sequence[np.ndarray]) -> np.ndarray:
+        """One query ([L, Dt] tokens) against its candidates -> [K] attention scores."""
+        if not candidates:
+            return np.zeros(0, dtype=np.float32)
+        rows, mask = self.pack(candidates)
+        out = self.session.run(None, {
+            "tokens": tokens[None].astype(np.float32),
+            "token_mask": token_mask[None].astype(np.float32),
+            "rows": rows[None],
+            "segment_mask": mask[None],
+        })[0]
+        return out[0]

@@ -1,0 +1,223 @@
+"""Model and training configuration: one dataclass per part, named configs as JSON data files.
+
+A config file holds any subset of the fields; missing ones take the defaults below, which are the
+report's values. `key=value` overrides on the command line address fields as `section.field`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used."""
+
+
+@dataclass
+class AudioConfig:
+    # hear21passt architecture whose pretrained weights "pretrained" loads (patch 16, stride 16, PaSST-S).
+    arch: str = "passt_s_p16_s16_128_ap468"
+    # "pretrained" (hear21passt release weights), "random" (init from the fields below) or a .pt path.
+    init: str = "pretrained"
+    # Transformer width, depth and heads; used for "random", must match the weights otherwise.
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    # Patch size and stride over the mel image (frequency and time alike).
+    patch: int = 16
+    stride: int = 16
+    # Structured patchout in training: time columns and frequency rows dropped per step.
+    patchout_t: int = 0
+    patchout_f: int = 0
+    # Mel front end (hear21passt's, without augmentation at inference).
+    sample_rate: int = 32000
+    n_mels: int = 128
+    n_fft: int = 1024
+    win_length: int = 800
+    hop_length: int = 320
+    fmin: float = 0.0
+    fmax: float = 15000.0
+    # Audio is cut into segments of this length; one embedding per segment.
+    segment_seconds: float = 10.0
+    # At most this many segments per clip (30 s crops in training; window length at ingest).
+    max_segments: int = 3
+
+
+@dataclass
+class TextConfig:
+    # Hugging Face model folder or hub name ("roberta-large"), or "random" to init from the fields below.
+    model: str = "roberta-large"
+    # tokenizer.json path; empty means the model folder's own, or a BPE trained on the captions for "random".
+    tokenizer: str = ""
+    # Vocabulary size of a trained BPE for random init.
+    vocab_size: int = 1000
+    # Width, depth, heads and feed-forward width for random init.
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    intermediate_size: int = 4096
+    # Captions are truncated to this many tokens (special tokens included).
+    max_tokens: int = 32
+
+
+@dataclass
+class HeadsConfig:
+    # Bi-encoder head: projections to the joint space, L2-normalised, cosine score.
+    cosine: bool = True
+    # Cross-modal attention head: "none", "sentence" (first token only) or "full" (all tokens).
+    attention: str = "none"
+    # Joint embedding dimension d.
+    dim: int = 1024
+    # Attention heads of the cross-modal head.
+    attention_heads: int = 8
+    # What H is compared with in eq. 7: "text" (the text embeddings T, needs d_text == d) or
+    # "query" (the projected queries Q = Wq T, for towers narrower or wider than d).
+    compare_to: str = "text"
+    # Weights of the fused score at serving time: cosine and attention parts.
+    fusion_cosine: float = 1.0
+    fusion_attention: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    # Peak and final learning rate of the cosine schedule (Adam).
+    lr: float = 2e-5
+    min_lr: float = 1e-7
+    # Linear warm-up epochs, then cosine annealing over `epochs` epochs.
+    warmup_epochs: int = 1
+    epochs: int = 10
+    # (caption, audio) pairs per optimiser step, before gradient accumulation.
+    batch_size: int = 128
+    grad_accum: int = 1
+    # NT-Xent temperature (fixed, not learned).
+    tau: float = 0.05
+    # Distillation: weight of the soft-target loss against the hard contrastive loss.
+    kd_lambda: float = 1.0
+    # Random crop length of training audio.
+    crop_seconds: float = 30.0
+    # Mixed precision (bf16/fp16 autocast) where CUDA is present.
+    amp: bool = True
+    # Gradient norm clip; 0 disables.
+    grad_clip: float = 0.0
+    seed: int = 0
+    # DataLoader worker processes.
+    num_workers: int = 0
+    # Keep decoded training audio in memory (small corpora).
+    cache_audio: bool = False
+    # Validation split used to pick the best checkpoint (by mAP@10).
+    val_split: str = "validation"
+    # Caption pairs drawn per epoch: "captions" (every caption once) or "audio" (one per clip).
+    pairs_per_epoch: str = "captions"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ModelConfig:
+        sections = {"audio": AudioConfig, "text": TextConfig, "heads": HeadsConfig, "train": TrainConfig}
+        unknown = set(data) - set(sections) - {"name", "description"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown config section(s) {sorted(unknown)}")
+        kwargs: dict[str, Any] = {"name": data.get("name", "custom")}
+        for key, kind in sections.items():
+            values = data.get(key, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section '{key}' must be an object")
+            names = {f.name for f in dataclasses.fields(kind)}
+            bad = set(values) - names
+            if bad:
+                raise ConfigError(f"{source}: unknown field(s) in '{key}': {sorted(bad)}")
+            kwargs[key] = kind(**values)
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        if self.heads.attention not in {"none", "sentence", "full"}:
+            raise ConfigError(f"{source}: heads.attention must be none, sentence or full")
+        if not self.heads.cosine and self.heads.attention == "none":
+            raise ConfigError(f"{source}: at least one head (cosine or attention) must be enabled")
+        if self.heads.dim % self.heads.attention_heads:
+            raise ConfigError(f"{source}: heads.dim must be divisible by heads.attention_heads")
+        if self.heads.compare_to not in {"text", "query"}:
+            raise ConfigError(f"{source}: heads.compare_to must be text or query")
+        if self.train.pairs_per_epoch not in {"captions", "audio"}:
+            raise ConfigError(f"{source}: train.pairs_per_epoch must be captions or audio")
+        if self.train.batch_size < 2:
+            raise ConfigError(f"{source}: train.batch_size must be at least 2 for a contrastive loss")
+
+    def with_overrides(self, overrides: list[str]) -> ModelConfig:
+        """Apply `section.field=value` strings; values parse as JSON, else stay strings."""
+        data = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form section.field=value")
+            key, raw = item.split("=", 1)
+            parts = key.strip().split(".")
+            if len(parts) == 1 and parts[0] == "name":
+                data["name"] = raw
+                continue
+            if len(parts) != 2 or parts[0] not in data or not isinstance(data[parts[0]], dict):
+                raise ConfigError(f"override '{item}': expected section.field with section in "
+                                  "audio, text, heads, train")
+            if parts[1] not in data[parts[0]]:
+                raise ConfigError(f"override '{item}': no field '{parts[1]}' in section '{parts[0]}'")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            current = data[parts[0]][parts[1]]
+            if isinstance(current, bool) and isinstance(value, str):
+                value = value.lower() in {"1", "true", "yes", "on"}
+            elif isinstance(current, float) and isinstance(value, int):
+                value = float(value)
+            elif isinstance(current, str) and not isinstance(value, str):
+                value = raw
+            data[parts[0]][parts[1]] = value
+        return ModelConfig.from_dict(data, "overrides")
+
+
+def named_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.json"))}
+
+
+def describe_config(path: Path) -> str:
+    try:
+        return json.loads(path.read_text()).get("description", "")
+    except (OSError, json.JSONDecodeError):
+        return ""
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """A named config (see `hark configs`) or a JSON file, with optional overrides applied."""
+    path = Path(name_or_path)
+    configs = named_configs()
+    if str(name_or_path) in configs:
+        path = configs[str(name_or_path)]
+    elif not path.is_file():
+        raise ConfigError(f"no config named '{name_or_path}' and no such file; named configs: "
+                          f"{', '.join(configs)}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a JSON object")
+    data.setdefault("name", path.stem)
+    config = ModelConfig.from_dict(data, str(path))
+    return config.with_overrides(overrides) if overrides else config

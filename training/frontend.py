@@ -1,0 +1,66 @@
+"""PaSST's log-mel front end, deterministic, in two equal forms.
+
+It computes what hear21passt's `AugmentMelSTFT` computes in eval mode (pre-emphasis, centred STFT with
+an 800-sample Hann window padded to n_fft, power spectrum, Kaldi mel banks, log, fixed scaling), but:
+- the mel matrix is a buffer built once, so it travels into an exported graph as a constant;
+- `dft_conv=True` replaces torch.stft by a strided convolution with the DFT basis, which exports to
+  plain ONNX Conv and runs on every execution provider. Training uses the FFT path (faster).
+Augmentation (SpecAugment-style masking) is applied by the caller in training only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchaudio
+from torch import nn
+
+from .config import AudioConfig
+
+
+def kaldi_mel_matrix(cfg: AudioConfig) -> torch.Tensor:
+    """[n_mels, n_fft // 2 + 1] Kaldi mel banks (the last FFT bin gets zero weight, as in PaSST)."""
+    banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+        cfg.n_mels, cfg.n_fft, float(cfg.sample_rate), cfg.fmin, cfg.fmax,
+        vtln_low=100.0, vtln_high=-500.0, vtln_warp_factor=1.0,
+    )
+    return nn.functional.pad(banks, (0, 1)).float()
+
+
+class MelFrontEnd(nn.Module):
+    def __init__(self, cfg: AudioConfig, dft_conv: bool = False) -> None:
+        super().__init__()
+        self.n_fft = cfg.n_fft
+        self.hop = cfg.hop_length
+        self.win_length = cfg.win_length
+        self.dft_conv = dft_conv
+        window = torch.hann_window(cfg.win_length, periodic=False)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("mel", kaldi_mel_matrix(cfg), persistent=False)
+        # Window zero-padded to n_fft and centred, exactly as torch.stft pads it.
+        left = (cfg.n_fft - cfg.win_length) // 2
+        padded = nn.functional.pad(window, (left, cfg.n_fft - cfg.win_length - left))
+        bins = cfg.n_fft // 2 + 1
+        n = torch.arange(cfg.n_fft, dtype=torch.float64)
+        k = torch.arange(bins, dtype=torch.float64)[:, None]
+        angle = 2 * math.pi * k * n / cfg.n_fft
+        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * padded.double()
+        self.register_buffer("dft", basis.float()[:, None, :], persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B, T] waveform at the configured rate -> [B, n_mels, frames] normalised log mel."""
+        x = wave[:, 1:] - 0.97 * wave[:, :-1]
+        if self.dft_conv:
+            pad = self.n_fft // 2
+            x = nn.functional.pad(x[:, None, :], (pad, pad), mode="reflect")
+            spec = nn.functional.conv1d(x, self.dft, stride=self.hop)
+            bins = spec.shape[1] // 2
+            power = spec[:, :bins] ** 2 + spec[:, bins:] ** 2
+        else:
+            spec = torch.stft(x, self.n_fft, hop_length=self.hop, win_length=self.win_length,
+                              window=self.window, center=True, normalized=False, return_complex=True)
+            power = spec.real**2 + spec.imag**2
+        with torch.autocast(device_type=power.device.type, enabled=False):
+            mel = torch.matmul(self.mel, power.float())
+        return (torch.log(mel + 1e-5) + 4.5) / 5.0

@@ -1,0 +1,275 @@
+"""The training loop: batches, schedule, mixed precision, accumulation, checkpoints, resume, logging.
+
+Resuming is exact: batch order and crops depend only on (seed, epoch, position), and the checkpoint
+carries model, optimiser, scheduler and RNG states, so an interrupted run that resumes ends where an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .data.dataset import AudioCaptionDataset, collate
+from .data.formats import Example
+from .evaluate import score_split, split_metrics
+from .model import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Full batches of a permutation seeded by (seed, epoch), starting at batch `start` (for resume)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(0, self.size // self.batch_size - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=gen).tolist()
+        full = self.size // self.batch_size
+        for b in range(self.start, full):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+def expand_pairs(examples: Sequence[Example], mode: str) -> list[Example]:
+    """One training item per caption ("captions") or per clip with a random caption ("audio")."""
+    if mode == "audio":
+        return list(examples)
+    return [Example(ex.audio_path, (c,), ex.audio_id, ex.source) for ex in examples for c in ex.captions]
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine from lr to min_lr; as a multiple of cfg.lr."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    total = max(1, cfg.epochs * steps_per_epoch)
+    progress = min(1.0, (step - warm) / total)
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    best_metric: float
+    epochs_run: int
+    history: list[dict[str, Any]]
+
+
+class MetricsLog:
+    """JSONL lines (always) and TensorBoard scalars (when tensorboard is installed)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, record: dict[str, Any], step: int) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in {"epoch", "step"}:
+                    self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+
+
+class Trainer:
+    """Runs an objective over a training split, validating and checkpointing after every epoch."""
+
+    def __init__(self, model: RetrievalModel, objective: Callable, train_examples: Sequence[Example],
+                 val_examples: Sequence[Example], cfg: TrainConfig, out_dir: Path,
+                 progress: bool = True, stop_after_steps: int | None = None) -> None:
+        self.model, self.objective, self.cfg = model, objective, cfg
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        # Test hook: stop (as if killed) after this many optimiser steps in this process.
+        self.stop_after_steps = stop_after_steps
+        self.val_examples = list(val_examples)
+        items = expand_pairs(train_examples, cfg.pairs_per_epoch)
+        if len(items) < cfg.batch_size:
+            raise ValueError(f"{len(items)} training pairs is fewer than one batch of {cfg.batch_size}; "
+                             "lower train.batch_size or add data")
+        self.dataset = AudioCaptionDataset(items, train=True, crop_seconds=cfg.crop_seconds,
+                                           sample_rate=model.cfg.audio.sample_rate, seed=cfg.seed,
+                                           cache_size=len(items) if cfg.cache_audio else 0)
+        self.sampler = EpochBatches(len(items), cfg.batch_size, cfg.seed)
+        self.steps_per_epoch = len(items) // cfg.batch_size
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch // cfg.grad_accum or 1, cfg))
+        self.device = model.device
+        use_amp = cfg.amp and self.device.type == "cuda"
+        self.amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
+        self.use_amp = use_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
+        self.log = MetricsLog(self.out_dir)
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        self.best = -1.0
+        self.history: list[dict[str, Any]] = []
+        self._val_clips = None
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        payload = self.model.checkpoint_payload()
+        payload.update({
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "history": self.history,
+            "rng": _rng_state(),
+        })
+        return payload
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.out_dir / name
+        _atomic_save(self.state(), path)
+        return path
+
+    def resume(self, path: Path) -> None:
+        payload = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.epoch, self.batch_in_epoch = payload["epoch"], payload["batch_in_epoch"]
+        self.global_step, self.best = payload["global_step"], payload["best"]
+        self.history = payload["history"]
+        _set_rng_state(payload["rng"])
+        log.info("resumed from %s at epoch %d, batch %d", path, self.epoch, self.batch_in_epoch)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        self.dataset.set_epoch(self.epoch)
+        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
+                          num_workers=self.cfg.num_workers, persistent_workers=False)
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_examples:
+            return {}
+        if self._val_clips is None:
+            from .evaluate import _load_clips
+
+            a = self.model.cfg.audio
+            self._val_examples, clips, _ = _load_clips(self.val_examples, a.sample_rate,
+                                                       a.segment_seconds * a.max_segments)
+            self._val_clips = clips
+        split = score_split(self.model, self._val_examples, clips=self._val_clips, progress=False)
+        out = {f"val_{k}": v for k, v in split_metrics(split).items()}
+        for head in self.model.head_names:
+            if len(self.model.head_names) > 1:
+                out[f"val_{head}_mAP@10"] = split_metrics(split, head)["mAP@10"]
+        return out
+
+    def fit(self) -> RunResult:
+        total_epochs = self.cfg.warmup_epochs + self.cfg.epochs
+        accum = max(1, self.cfg.grad_accum)
+        steps_here = 0
+        while self.epoch < total_epochs:
+            self.model.train()
+            bar = tqdm(self._loader(), total=len(self.sampler), disable=not self.progress,
+                       desc=f"epoch {self.epoch + 1}/{total_epochs}", leave=False)
+            sums: dict[str, float] = {}
+            count = 0
+            started = time.time()
+            for batch in bar:
+                if len(batch["captions"]) < 2:  # every file of the batch failed to decode
+                    self.batch_in_epoch += 1
+                    continue
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                    loss, report = self.objective(batch)
+                self.scaler.scale(loss / accum).backward()
+                self.batch_in_epoch += 1
+                if self.batch_in_epoch % accum == 0:
+                    if self.cfg.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.global_step += 1
+                    steps_here += 1
+                report["loss"] = float(loss.detach())
+                for key, value in report.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+                bar.set_postfix(loss=f"{report['loss']:.3f}")
+                if self.stop_after_steps is not None and steps_here >= self.stop_after_steps:
+                    self.save()
+                    return RunResult(self.out_dir, self.best, self.epoch, self.history)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            record: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step,
+                                      "lr": self.optimizer.param_groups[0]["lr"],
+                                      "seconds": round(time.time() - started, 2)}
+            record.update({k: v / max(count, 1) for k, v in sums.items()})
+            record.update(self.validate())
+            self.history.append(record)
+            self.log.write(record, self.global_step)
+            metric = record.get("val_mAP@10", -record.get("loss", 0.0))
+            improved = metric > self.best
+            if improved:
+                self.best = metric
+            self.save()
+            if improved:
+                self.save("best.pt")
+            if self.progress:
+                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+                tqdm.write(json.dumps(shown))
+        return RunResult(self.out_dir, self.best, self.epoch, self.history)
