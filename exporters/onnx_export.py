@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hark.bundle import FORMAT_VERSION, MANIFEST, sha256_file
+from hark.errors import HarkError
 from hark.text import normalize_caption
 from hark.training.model import RetrievalModel, load_checkpoint
 
@@ -31,8 +32,8 @@ HEAVY = ("audio", "text")
 PARITY_MIN_COSINE = 0.9999
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(HarkError, RuntimeError):
+    """An export that cannot be done or whose result fails its parity check."""
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,6 +155,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
+        out.chmod(0o755)  # mkdtemp made it private
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

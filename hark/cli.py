@@ -76,6 +76,29 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_file_targets(queries: list[str], examples) -> list[str]:
+    """The target audio of each score-file row.
+
+    Captions repeat across clips (and across a clip's own captions), so the k-th row with a given text is
+    matched to the k-th caption with that text in the split.
+    """
+    from hark.training import metrics
+
+    owners: dict[str, list[str]] = {}
+    for ex in examples:
+        for caption in ex.captions:
+            owners.setdefault(metrics.normalize_query(caption), []).append(ex.audio_path.name)
+    seen: dict[str, int] = {}
+    targets = []
+    for row, query in enumerate(queries, start=2):
+        key = metrics.normalize_query(query)
+        if key not in owners:
+            raise CLIError(f"score file row {row}: query {query[:60]!r} is not a caption of the split")
+        targets.append(owners[key][seen.get(key, 0) % len(owners[key])])
+        seen[key] = seen.get(key, 0) + 1
+    return targets
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hark.training import metrics
 
@@ -91,10 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows: dict[str, dict[str, float]] = {}
     if args.scores:
         queries, names, scores = metrics.read_score_csv(args.scores)
-        targets = {}
-        for ex in examples:
-            for caption in ex.captions:
-                targets.setdefault(metrics.normalize_query(caption), ex.audio_path.name)
+        targets = _score_file_targets(queries, examples)
         result = metrics.evaluate_scores(scores, queries, names, targets, None)
         if relevance is not None:
             result.update(relevance_metrics(scores, queries, names, relevance))
@@ -158,6 +178,15 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hark.demo import run_demo
+
+    result = run_demo(Path(args.work), device=args.device, quiet=args.quiet)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON (the last line is one object)")
@@ -168,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hark", description="Language-based audio search for Qdrant.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a generated corpus, no servers needed",
+                       description="Generate a captioned corpus, train a tiny joint model, export and verify its "
+                       "bundle, evaluate bi-encoder vs rerank, and run example queries. Re-runs reuse the work "
+                       "folder.")
+    p.add_argument("--work", default=".hark/demo", metavar="DIR", help="work folder (default: .hark/demo)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for ONNX Runtime")
+    _add_common(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("configs", help="list the named model configs")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -243,7 +281,13 @@ USER_ERRORS = (HarkError, FileNotFoundError, ValueError, PermissionError, IsADir
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may follow the options (argparse only collects positionals given before them).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

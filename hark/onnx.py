@@ -41,8 +41,13 @@ def create_session(path: str | Path, device: str = "auto"):
         return ort.InferenceSession(str(path), _options(), providers=[CPU])
     if device in _resolved:
         return ort.InferenceSession(str(path), _options(), providers=_resolved[device])
-    wanted = [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
-    session = ort.InferenceSession(str(path), _options(quiet=True), providers=wanted)
+    wanted = [CUDA, CPU] if CUDA in ort.get_available_providers() and _driver_present() else [CPU]
+    # The provider bridge reports a failed CUDA load through the default logger, not the session's.
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(path), _options(quiet=True), providers=wanted)
+    finally:
+        ort.set_default_logger_severity(3)
     got = session.get_providers()
     if device == "cuda" and CUDA not in got:
         raise RuntimeError("device 'cuda' was asked for, but ONNX Runtime cannot use CUDA here "
@@ -50,6 +55,17 @@ def create_session(path: str | Path, device: str = "auto"):
     _resolved[device] = [p for p in wanted if p in got] or [CPU]
     log.info("ONNX Runtime providers: %s", ", ".join(_resolved[device]))
     return session
+
+
+def _driver_present() -> bool:
+    """Whether the NVIDIA driver library can be loaded at all (no GPU: no point asking ORT for CUDA)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def active_providers() -> dict[str, list[str]]:

@@ -76,6 +76,20 @@ def test_folded_scores_equal_literal_head(variant, compare_to, segments):
         assert rel.max().item() < 1e-4, (t, folded[t], literal)
 
 
+def test_folded_scores_equal_literal_head_in_float32():
+    torch.manual_seed(3)
+    head = CrossModalAttentionHead(audio_dim=48, text_dim=64, dim=64, heads=8, variant="full").eval()
+    text, tmask = torch.randn(4, 9, 64), torch.ones(4, 9)
+    audio, amask = torch.randn(10, 3, 48), torch.ones(10, 3)
+    amask[::2, 2] = 0
+    with torch.no_grad():
+        folded = head.scores(head.text_state(text, tmask), head.audio_state(audio, amask))
+        literal = torch.stack([head.reference_scores(text[t:t + 1].expand(10, -1, -1), tmask[t:t + 1].expand(10, -1),
+                                                     audio, amask) for t in range(4)])
+    # Relative to the score scale: random vectors make single scores arbitrarily close to zero.
+    assert ((folded - literal).abs().max() / literal.abs().max()).item() < 1e-4
+
+
 def test_compare_to_text_needs_matching_widths():
     with pytest.raises(ValueError, match="compare_to"):
         CrossModalAttentionHead(audio_dim=8, text_dim=12, dim=16, heads=4, compare_to="text")

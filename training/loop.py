@@ -142,7 +142,7 @@ class Trainer:
                              "lower train.batch_size or add data")
         self.dataset = AudioCaptionDataset(items, train=True, crop_seconds=cfg.crop_seconds,
                                            sample_rate=model.cfg.audio.sample_rate, seed=cfg.seed,
-                                           cache_size=len(items) if cfg.cache_audio else 0)
+                                           cache_size=len(train_examples) if cfg.cache_audio else 0)
         self.sampler = EpochBatches(len(items), cfg.batch_size, cfg.seed)
         self.steps_per_epoch = len(items) // cfg.batch_size
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -196,8 +196,11 @@ class Trainer:
     def _loader(self) -> DataLoader:
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.dataset.set_epoch(self.epoch)
+        # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
+        # would see other dropout masks than an uninterrupted one.
+        seeds = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.epoch)
         return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                          num_workers=self.cfg.num_workers, persistent_workers=False)
+                          num_workers=self.cfg.num_workers, persistent_workers=False, generator=seeds)
 
     def validate(self) -> dict[str, float]:
         if not self.val_examples:

@@ -49,7 +49,8 @@ class AudioCaptionDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache_size = cache_size
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        # Keyed by path: several items (one per caption) may share one audio file.
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.failed: dict[str, str] = {}  # audio path -> reason
 
     def __len__(self) -> int:
@@ -62,11 +63,11 @@ class AudioCaptionDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def _load(self, index: int) -> np.ndarray | None:
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
         example = self.examples[index]
         key = str(example.audio_path)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         if key in self.failed:
             return None
         try:
@@ -76,7 +77,7 @@ class AudioCaptionDataset(Dataset):
             log.warning("skipping undecodable audio %s (%s): %s", key, example.source, exc.reason)
             return None
         if self.cache_size > 0:
-            self._cache[index] = audio
+            self._cache[key] = audio
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return audio
