@@ -237,6 +237,8 @@ def _clean_reason(exc: BaseException) -> str:
             text = text[len(prefix) :]
     if text.startswith("'") and ": " in text:
         text = text.split(": ", 1)[1]
+    # Decoding from memory: libsndfile names the buffer object instead of a file.
+    text = re.sub(r"^<_io\.BytesIO object at 0x[0-9a-f]+>:\s*", "", text)
     return text.rstrip(".")
 
 

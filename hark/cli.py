@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,170 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- settings and ingestion ------------------------------------------------------------------------
+def _settings(args: argparse.Namespace):
+    from hark.settings import Settings
+
+    settings = Settings.load()
+    if getattr(args, "device", None) and args.device != "auto":
+        settings.device = args.device
+    return settings
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    rows = _settings(args).describe()
+    if args.json:
+        _print_json({r["name"]: {"value": r["value"], "source": r["source"]} for r in rows})
+    else:
+        for r in rows:
+            print(f"{r['name']:24s} {r['value']:32s} ({r['source']})")
+    return 0
+
+
+def _parse_meta(pairs: list[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair or not pair.split("=", 1)[0]:
+            raise CLIError(f"--meta '{pair}' is not key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            meta[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            meta[key] = raw
+    return meta
+
+
+def _print_job(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json({k: v for k, v in status.items() if k != "finished"})
+        return
+    print(f"job {status['id']} ({status['collection']}): {status['ingested']} ingested, "
+          f"{status['duplicate']} skipped as duplicates, {status['failed']} failed, {status['pending']} pending")
+    for path, reason in status["failures"].items():
+        print(f"  failed: {path}: {reason}")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hark.registry import resolve_bundle
+    from hark.workers.ingest import Item, collect_files
+    from hark.workers.submit import submit_job, wait_for
+
+    settings = _settings(args)
+    files = collect_files(args.paths, recursive=args.recursive)
+    if not files:
+        raise CLIError("no audio files found in the given paths")
+    bundle = str(resolve_bundle(settings, args.bundle).resolve())
+    collection = args.collection or settings.collection
+    meta = _parse_meta(args.meta)
+    items = [Item(path, meta) for path in files]
+    if not settings.broker_url and settings.embedded_qdrant:
+        from hark.plugin.store import connect
+
+        connect(settings).close()  # fail now, with a clear message, if another process holds the folder
+    bar = tqdm(total=len(items), unit="file", desc="ingest", disable=args.quiet or args.json)
+
+    def update(status: dict[str, Any]) -> None:
+        bar.n = len(items) - status["pending"]
+        bar.set_postfix(failed=status["failed"], duplicates=status["duplicate"])
+        bar.refresh()
+
+    holder: dict[str, Any] = {}
+
+    def after_batch() -> None:
+        if "store" in holder:
+            update(holder["store"].status(holder["job"]))
+
+    job_id, store = submit_job(settings, items, collection, bundle, on_batch=after_batch,
+                               on_created=lambda job, st: holder.update(job=job, store=st))
+    if args.no_wait:
+        bar.close()
+        if args.json:
+            _print_json({"job": job_id, "files": len(items), "queued": True})
+        else:
+            print(f"job {job_id}: {len(items)} files queued; follow it with `hark jobs {job_id}`")
+        return 0
+    status = wait_for(store, job_id, on_update=update)
+    bar.close()
+    _print_job(status, args.json)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.broker_url:
+        raise CLIError("HARK_BROKER_URL is not set: without a broker, `hark ingest` runs its own in-process "
+                       "worker and needs no `hark worker`")
+    pool = args.pool
+    if pool is None:
+        # The embedded folder has one owner, and CUDA must not be initialised before a fork.
+        pool = "solo" if settings.embedded_qdrant or settings.device == "cuda" else "prefork"
+    if settings.embedded_qdrant and (pool != "solo" or args.concurrency > 1):
+        raise CLIError("with the embedded Qdrant folder only one worker process may write: use --pool solo "
+                       "--concurrency 1, or a Qdrant server (HARK_QDRANT_URL)")
+    from hark.workers.app import make_app, worker_argv
+
+    app = make_app(settings)
+    app.worker_main(worker_argv(pool, args.concurrency, args.loglevel))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from hark.workers.jobs import job_store
+
+    store = job_store(_settings(args))
+    if args.job:
+        try:
+            status = store.status(args.job)
+        except KeyError:
+            raise CLIError(f"no job {args.job}") from None
+        _print_job(status, args.json)
+        return 0
+    jobs = store.jobs()
+    if args.json:
+        _print_json([{k: v for k, v in j.items() if k not in {"finished", "failures"}} for j in jobs])
+    else:
+        for job in jobs:
+            print(f"{job['id']}  {job['state']:8s} {job['collection']:16s} total {job['total']:5d}  "
+                  f"ingested {job['ingested']:5d}  duplicates {job['duplicate']:5d}  failed {job['failed']:5d}")
+    return 0
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    from hark.workers.ingest import Item
+    from hark.workers.jobs import job_store
+    from hark.workers.submit import submit_job
+
+    settings = _settings(args)
+    store = job_store(settings)
+    entries = store.dead_letters()
+    if args.retry:
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in entries:
+            groups.setdefault((entry["collection"], entry["bundle"]), []).append(entry)
+        jobs = []
+        for (collection, bundle), group in groups.items():
+            store.clear_dead_letters({e["id"] for e in group})
+            job_id, _ = submit_job(settings, [Item(e["path"], e.get("meta") or {}) for e in group], collection,
+                                   bundle)
+            jobs.append({"job": job_id, "files": len(group)})
+        if args.json:
+            _print_json(jobs)
+        else:
+            for job in jobs:
+                print(f"re-submitted {job['files']} files as job {job['job']}")
+        return 0
+    if args.json:
+        _print_json(entries)
+    else:
+        for entry in entries:
+            print(f"{entry['at']}  job {entry['job']}  {entry['path']}: {entry['reason']}")
+        if not entries:
+            print("no failed files")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON (the last line is one object)")
@@ -206,6 +371,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for ONNX Runtime")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="print the effective settings and where each came from")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("ingest", help="embed audio files into Qdrant",
+                       description="Enqueue audio files (or folders of them) for ingestion. With HARK_BROKER_URL "
+                       "the batches go to the Celery workers; without it an in-process worker writes to the "
+                       "embedded Qdrant folder. Waits with a progress bar unless --no-wait.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--collection", help="collection (alias) to write; default HARK_COLLECTION")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata stored with every file "
+                   "(payload field meta.KEY, filterable); repeatable")
+    p.add_argument("--bundle", help="bundle folder or registered version; default HARK_BUNDLE or the newest")
+    p.add_argument("--no-wait", action="store_true", help="return after enqueueing (broker mode)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    _add_common(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("worker", help="run a Celery ingestion worker (needs HARK_BROKER_URL)")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], default=None,
+                   help="worker pool; default solo with the embedded Qdrant folder or CUDA, else prefork")
+    p.add_argument("--concurrency", type=int, default=1, help="worker processes/threads")
+    p.add_argument("--loglevel", default="INFO", help="Celery log level")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("jobs", help="ingestion jobs and their progress")
+    p.add_argument("job", nargs="?", help="one job's id for its details")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("failed", help="files that failed for good (dead-letter list); --retry re-submits them")
+    p.add_argument("--retry", action="store_true", help="re-submit every dead-lettered file and clear the list")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_failed)
 
     p = sub.add_parser("configs", help="list the named model configs")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -280,6 +482,8 @@ USER_ERRORS = (HarkError, FileNotFoundError, ValueError, PermissionError, IsADir
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hark failed | head` ends quietly
     parser = build_parser()
     # Overrides may follow the options (argparse only collects positionals given before them).
     args, extra = parser.parse_known_args(argv)

@@ -1,0 +1,140 @@
+"""The Qdrant collection (DESIGN.md contract 2): connection, schema from the manifest, ids and payloads.
+
+One code path for the embedded folder and a server; server-only features (payload indexes, aliases,
+snapshots) are asked for the same way and are no-ops where local mode ignores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from hark.bundle import Bundle, VectorSpec
+from hark.errors import HarkError
+from hark.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Fixed namespace: point ids are uuid5(namespace, "<content sha256>:<window index>").
+POINT_NAMESPACE = uuid.UUID("6f6c6a8e-3b1d-5c2a-9d4e-8a7b1c0d2e3f")
+# Payload fields that filters commonly use; indexed on servers (local mode ignores indexes).
+INDEXED_FIELDS = {"content_hash": "keyword", "source_uri": "keyword", "model_version": "keyword"}
+
+
+class StoreUnavailableError(HarkError):
+    """Qdrant cannot be reached (server down, or the embedded folder is held by another process).
+
+    Transient: workers retry these with backoff.
+    """
+
+
+class StoreError(HarkError):
+    pass
+
+
+def point_id(content_hash: str, window: int) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{content_hash}:{window}"))
+
+
+def connect(settings: Settings):
+    """A QdrantClient for the settings: a server when HARK_QDRANT_URL is set, else the embedded folder."""
+    from qdrant_client import QdrantClient
+
+    if settings.qdrant_url:
+        return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=30)
+    try:
+        return QdrantClient(path=settings.qdrant_path)
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):
+            raise StoreUnavailableError(
+                f"the embedded Qdrant folder {settings.qdrant_path} is in use by another process (a running "
+                "`hark worker` or `hark serve`?); stop it, or use a Qdrant server (HARK_QDRANT_URL) for "
+                "concurrent access") from exc
+        raise
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: Qdrant unreachable, timeouts, a busy embedded folder."""
+    if isinstance(exc, StoreUnavailableError | ConnectionError | TimeoutError):
+        return True
+    try:
+        import httpx
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, ResponseHandlingException | httpx.TransportError):
+        return True
+    return isinstance(exc, UnexpectedResponse) and exc.status_code in {502, 503, 504}
+
+
+def vector_params(spec: VectorSpec):
+    from qdrant_client import models
+
+    distance = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT}[spec.distance.lower()]
+    params: dict[str, Any] = {"size": spec.size, "distance": distance, "on_disk": spec.on_disk or None}
+    if spec.multivector:
+        params["multivector_config"] = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+    if spec.hnsw_m is not None:
+        params["hnsw_config"] = models.HnswConfigDiff(m=spec.hnsw_m)
+    if spec.datatype == "float16":
+        params["datatype"] = models.Datatype.FLOAT16
+    return models.VectorParams(**params)
+
+
+def collection_name(base: str, version: str) -> str:
+    """Collections are versioned; clients use the alias `base`."""
+    return f"{base}__{version}"
+
+
+def resolve_collection(client, name: str) -> str:
+    """The physical collection behind an alias (or the name itself when it is a collection)."""
+    for alias in client.get_aliases().aliases:
+        if alias.alias_name == name:
+            return alias.collection_name
+    return name
+
+
+def ensure_collection(client, base: str, bundle: Bundle, shards: int | None = None,
+                      replication: int | None = None) -> str:
+    """Create `base__<version>` from the manifest if missing and point the alias `base` at it when the alias
+    does not exist yet. Returns the physical collection name."""
+    from qdrant_client import models
+
+    physical = collection_name(base, bundle.version)
+    if not client.collection_exists(physical):
+        vectors = {spec.name: vector_params(spec) for spec in bundle.vectors()}
+        client.create_collection(physical, vectors_config=vectors, shard_number=shards,
+                                 replication_factor=replication)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # local mode: "payload indexes have no effect"
+            for field_name, kind in INDEXED_FIELDS.items():
+                client.create_payload_index(physical, field_name, kind)
+        log.info("created collection %s", physical)
+    else:
+        check_schema(client, physical, bundle)
+    aliases = {a.alias_name for a in client.get_aliases().aliases}
+    if base not in aliases and not client.collection_exists(base):
+        client.update_collection_aliases(change_aliases_operations=[
+            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=physical, alias_name=base))])
+    return physical
+
+
+def check_schema(client, physical: str, bundle: Bundle) -> None:
+    """A collection made for another model shape must not be written with this bundle."""
+    params = client.get_collection(physical).config.params.vectors
+    for spec in bundle.vectors():
+        existing = params.get(spec.name) if isinstance(params, dict) else None
+        if existing is None or existing.size != spec.size:
+            raise StoreError(f"collection {physical} does not match bundle {bundle.version}: vector "
+                             f"'{spec.name}' should have size {spec.size}")
+
+
+def existing_ids(client, collection: str, ids: Iterable[str]) -> set[str]:
+    ids = list(ids)
+    if not ids:
+        return set()
+    found = client.retrieve(collection, ids=ids, with_payload=False, with_vectors=False)
+    return {str(p.id) for p in found}
