@@ -352,6 +352,52 @@ def cmd_failed(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- queries -------------------------------------------------------------------------------------
+def cmd_search(args: argparse.Namespace) -> int:
+    from hark.bundle import Bundle
+    from hark.plugin.search import AudioSearch
+    from hark.plugin.store import connect
+    from hark.registry import resolve_bundle
+
+    settings = _settings(args)
+    bundle = Bundle.load(resolve_bundle(settings, args.bundle))
+    client = connect(settings)
+    try:
+        search = AudioSearch(client, bundle, args.collection or settings.collection, settings.device)
+        collection = args.collection or settings.collection
+        from hark.plugin.store import resolve_collection
+
+        if not client.collection_exists(resolve_collection(client, collection)):
+            raise CLIError(f"collection '{collection}' not found; ingest audio first (`hark ingest PATH`)")
+        hits = search.search(args.text, limit=args.limit, filter=args.filter, candidates=args.candidates,
+                             rerank=not args.no_rerank, group_by_source=args.group)
+    finally:
+        client.close()
+    if args.json:
+        _print_json({"hits": [h.to_dict() for h in hits], "timings_ms": search.last_times.as_ms()})
+        return 0
+    if not hits:
+        print("no hits")
+    for rank, hit in enumerate(hits, 1):
+        where = f" @ {hit.offset:.0f} s" if hit.offset is not None else ""
+        parts = f"cos {hit.cosine:.3f}" + (f"  att {hit.rerank:.3f}" if hit.rerank is not None else "")
+        print(f"{rank:3d}. {hit.score:7.3f}  ({parts})  {hit.source}{where}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hark.plugin.service import create_app
+
+    settings = _settings(args)
+    if args.collection:
+        settings.collection = args.collection
+    app = create_app(settings, args.bundle)
+    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="info")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON (the last line is one object)")
@@ -371,6 +417,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for ONNX Runtime")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("search", help="search the collection by text",
+                       description="Text -> cosine prefilter in Qdrant -> attention rerank -> ranked clips.")
+    p.add_argument("text", help="what the recordings should sound like")
+    p.add_argument("--limit", type=int, default=10, help="number of hits (default 10)")
+    p.add_argument("--filter", help='Qdrant filter as JSON, e.g. \'{"must": [{"key": "meta.genre", "match": '
+                   '{"value": "field"}}]}\'')
+    p.add_argument("--candidates", type=int, default=None, help="prefilter size K (default 200)")
+    p.add_argument("--no-rerank", action="store_true", help="cosine prefilter ranking only")
+    p.add_argument("--group", action="store_true", help="one hit per recording (its best window)")
+    p.add_argument("--collection", help="collection or alias; default HARK_COLLECTION")
+    p.add_argument("--bundle", help="bundle folder or registered version; default HARK_BUNDLE or the newest")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    _add_common(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="run the HTTP service (Qdrant-compatible queries, inference protocol, page)",
+                       description="Serve /collections/{name}/points/query (prefilter + rerank for hark Documents), "
+                       "Qdrant's external inference protocol at /infer, /search, /healthz, /readyz, /metrics; "
+                       "other routes pass through to the upstream Qdrant.")
+    p.add_argument("--host", help="listen address; default HARK_HOST (127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port; default HARK_PORT (8000)")
+    p.add_argument("--collection", help="default collection; default HARK_COLLECTION")
+    p.add_argument("--bundle", help="bundle folder or registered version; default HARK_BUNDLE or the newest")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", help="print the effective settings and where each came from")
     p.add_argument("--json", action="store_true", help="print as JSON")

@@ -45,6 +45,11 @@ class Settings:
     retry_backoff: float = 2.0
     # A message delivered this many times without finishing is dead-lettered as poison.
     max_deliveries: int = 3
+    # API key for hark's own HTTP routes (/search, the page); empty means open.
+    api_key: str = ""
+    # Address `hark serve` listens on.
+    host: str = "127.0.0.1"
+    port: int = 8000
     # Where the embedded mode keeps job status and the dead-letter list.
     state_dir: str = "./.hark/state"
     sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -124,3 +124,31 @@ class Reranker:
             "segment_mask": mask[None],
         })[0]
         return out[0]
+
+    def score_batch(self, tokens: np.ndarray, token_mask: np.ndarray,
+                    candidates: Sequence[Sequence[np.ndarray | None]]) -> list[np.ndarray]:
+        """B queries ([B, L, Dt] tokens), each against its own candidates, in one call -> B arrays of scores.
+
+        Candidates lists may differ in length; a candidate without stored rows (None) scores NaN.
+        """
+        width = next((c.shape[1] for group in candidates for c in group if c is not None), None)
+        if width is None:
+            return [np.full(len(group), np.nan, dtype=np.float32) for group in candidates]
+        k = max(len(group) for group in candidates)
+        rows = np.zeros((len(candidates), k, self.max_segments, width), dtype=np.float32)
+        mask = np.zeros((len(candidates), k, self.max_segments), dtype=np.float32)
+        mask[:, :, 0] = 1  # padding and missing candidates: one zero segment keeps the softmax finite
+        missing = np.ones((len(candidates), k), dtype=bool)
+        for b, group in enumerate(candidates):
+            for i, c in enumerate(group):
+                if c is None:
+                    continue
+                count = min(len(c), self.max_segments)
+                rows[b, i, :count] = c[:count]
+                mask[b, i, :count] = 1
+                missing[b, i] = False
+        scores = self.session.run(None, {"tokens": tokens.astype(np.float32),
+                                         "token_mask": token_mask.astype(np.float32),
+                                         "rows": rows, "segment_mask": mask})[0]
+        scores = np.where(missing, np.nan, scores)
+        return [scores[b, : len(group)] for b, group in enumerate(candidates)]

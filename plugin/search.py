@@ -1,0 +1,197 @@
+"""The query facade: text -> text.onnx -> Qdrant prefilter on `global` -> folded rerank -> fused top k.
+
+    from qdrant_client import QdrantClient
+    from hark.plugin import AudioSearch
+
+    search = AudioSearch(QdrantClient(path=".hark/qdrant"), ".hark/models/<version>", collection="audio")
+    for hit in search.search("a dog barks while rain falls", limit=5):
+        print(hit.score, hit.payload["source_uri"], hit.offset)
+
+Works with any QdrantClient (embedded folder or server URL). Torch-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hark.bundle import Bundle
+from hark.errors import HarkError
+
+from .models import Reranker, TextEncoder
+
+MAX_LIMIT = 1000
+MAX_CANDIDATES = 5000
+DEFAULT_CANDIDATES = 200
+
+
+class QueryError(HarkError):
+    """A query that cannot be answered as asked (empty text, limits out of range, bad filter)."""
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float  # the fused score (manifest weights over the parts below)
+    cosine: float
+    rerank: float | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # source URI of the recording
+    offset: float | None = None  # window start in seconds, for windows of long recordings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StageTimes:
+    """Seconds per stage of the last query (or batch)."""
+
+    tokenize: float = 0.0
+    text_encoder: float = 0.0
+    prefilter: float = 0.0
+    rerank: float = 0.0
+    fuse: float = 0.0
+
+    def as_ms(self) -> dict[str, float]:
+        return {k: round(v * 1000, 3) for k, v in asdict(self).items()}
+
+
+def parse_filter(flt: Any):
+    """None, a qdrant `models.Filter`, or its JSON form (dict or string) -> `models.Filter`."""
+    from pydantic import ValidationError
+    from qdrant_client import models
+
+    if flt is None or isinstance(flt, models.Filter):
+        return flt
+    if isinstance(flt, str):
+        import json
+
+        try:
+            flt = json.loads(flt)
+        except json.JSONDecodeError as exc:
+            raise QueryError(f"filter is not valid JSON: {exc.msg}") from exc
+    if not isinstance(flt, dict):
+        raise QueryError("filter must be a JSON object (Qdrant filter syntax)")
+    try:
+        return models.Filter.model_validate(flt)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # Drop pydantic's union/list bookkeeping from the location: keep the user's field path.
+        where = ".".join(str(p) for p in first.get("loc", ()) if "[" not in str(p)) or "filter"
+        raise QueryError(f"malformed filter at '{where}': {first.get('msg')}") from exc
+
+
+class AudioSearch:
+    """Language-based audio search over a hark collection."""
+
+    def __init__(self, client, bundle: Bundle | str | Path, collection: str = "audio", device: str = "auto",
+                 candidates: int = DEFAULT_CANDIDATES, text_precision: str | None = None) -> None:
+        self.client = client
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.collection = collection
+        self.candidates = candidates
+        self.text = TextEncoder(self.bundle, device, text_precision)
+        self.reranker = Reranker(self.bundle, device) if self.bundle.has_rerank else None
+        self.fusion = self.bundle.fusion
+        self.last_times = StageTimes()
+
+    # -- public API ----------------------------------------------------------------------------------
+    def search(self, text: str, limit: int = 10, filter: Any = None, candidates: int | None = None,
+               rerank: bool = True, group_by_source: bool = False, collection: str | None = None) -> list[Hit]:
+        """The `limit` best clips for one text query."""
+        return self.search_batch([text], limit, filter, candidates, rerank, group_by_source, collection)[0]
+
+    def search_batch(self, texts: Sequence[str], limit: int = 10, filter: Any = None, candidates: int | None = None,
+                     rerank: bool = True, group_by_source: bool = False,
+                     collection: str | None = None) -> list[list[Hit]]:
+        """Several queries, batched end to end (one encoder call, one Qdrant round trip, one rerank call)."""
+        from qdrant_client import models
+
+        texts = self._check(texts, limit, candidates)
+        k = max(candidates or self.candidates, limit)
+        flt = parse_filter(filter)
+        use_rerank = rerank and self.reranker is not None
+        times = StageTimes()
+        start = time.perf_counter()
+        ids, mask = self.text.tokenizer.encode(texts)
+        times.tokenize = time.perf_counter() - start
+        start = time.perf_counter()
+        sentence, tokens = self.text.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        times.text_encoder = time.perf_counter() - start
+        start = time.perf_counter()
+        requests = [models.QueryRequest(query=s.tolist(), using="global", limit=k, filter=flt, with_payload=True,
+                                        with_vector=["tokens"] if use_rerank else False) for s in sentence]
+        responses = self.client.query_batch_points(collection or self.collection, requests=requests)
+        times.prefilter = time.perf_counter() - start
+        results = []
+        rerank_scores: list[np.ndarray | None] = [None] * len(texts)
+        if use_rerank:
+            start = time.perf_counter()
+            rerank_scores = self._rerank(tokens, mask, [r.points for r in responses])
+            times.rerank = time.perf_counter() - start
+        start = time.perf_counter()
+        for response, att in zip(responses, rerank_scores, strict=True):
+            results.append(self._fuse(response.points, att, limit, group_by_source))
+        times.fuse = time.perf_counter() - start
+        self.last_times = times
+        return results
+
+    async def asearch(self, text: str, **kwargs: Any) -> list[Hit]:
+        """`search` without blocking the event loop (runs in the default executor)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: self.search(text, **kwargs))
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence vectors for the cosine prefilter (what Qdrant's inference protocol asks hark for)."""
+        return self.text.encode(list(texts)).sentence
+
+    # -- internals -----------------------------------------------------------------------------------
+    @staticmethod
+    def _check(texts: Sequence[str], limit: int, candidates: int | None) -> list[str]:
+        if isinstance(texts, str):
+            raise QueryError("search_batch takes a list of texts")
+        cleaned = [t.strip() if isinstance(t, str) else t for t in texts]
+        if not cleaned or any(not isinstance(t, str) or not t for t in cleaned):
+            raise QueryError("query text must be a non-empty string")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise QueryError(f"limit must be between 1 and {MAX_LIMIT}")
+        if candidates is not None and (not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES):
+            raise QueryError(f"candidates must be between 1 and {MAX_CANDIDATES}")
+        return cleaned
+
+    def _rerank(self, tokens: np.ndarray, mask: np.ndarray, candidate_lists) -> list[np.ndarray | None]:
+        lists = []
+        for points in candidate_lists:
+            rows = []
+            for p in points:
+                vec = (p.vector or {}).get("tokens") if isinstance(p.vector, dict) else None
+                rows.append(np.asarray(vec, dtype=np.float32) if vec else None)
+            lists.append(rows)
+        return self.reranker.score_batch(tokens, mask, lists)
+
+    def _fuse(self, points, att: np.ndarray | None, limit: int, group_by_source: bool) -> list[Hit]:
+        w_cos, w_att = self.fusion.get("cosine", 1.0), self.fusion.get("attention", 0.0)
+        hits = []
+        for i, p in enumerate(points):
+            payload = p.payload or {}
+            part = None if att is None or np.isnan(att[i]) else float(att[i])
+            fused = w_cos * float(p.score) + (w_att * part if part is not None else 0.0)
+            windows = payload.get("windows", 1)
+            hits.append(Hit(id=str(p.id), score=fused, cosine=float(p.score), rerank=part, payload=payload,
+                            source=payload.get("source_uri"),
+                            offset=payload.get("window_offset") if windows and windows > 1 else None))
+        hits.sort(key=lambda h: h.score, reverse=True)
+        if group_by_source:
+            best: dict[str, Hit] = {}
+            for hit in hits:
+                key = hit.payload.get("content_hash") or hit.source or hit.id
+                best.setdefault(key, hit)  # hits are sorted: the first window seen is the best
+            hits = list(best.values())
+        return hits[:limit]

@@ -1,0 +1,298 @@
+"""Queries: the facade, `hark serve` with stock qdrant-client, the inference protocol, rerank, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hark.bundle import Bundle
+from hark.plugin.search import AudioSearch, QueryError
+from hark.settings import Settings
+from hark.workers.ingest import Item, collect_files
+from hark.workers.submit import submit_job, wait_for
+
+
+def _settings(tmp: Path, **extra) -> Settings:
+    env = {"HARK_QDRANT_PATH": str(tmp / "qdrant"), "HARK_STATE_DIR": str(tmp / "state"), "HARK_DEVICE": "cpu",
+           "HARK_COLLECTION": "sounds"}
+    env.update(extra)
+    return Settings.load(toml_path=tmp / "none.toml", env=env)
+
+
+def _ingest(settings: Settings, corpus: Path, bundle: Path, collection: str = "sounds") -> None:
+    files = collect_files([corpus / "evaluation"])
+    items = [Item(f, {"half": "a" if i % 2 == 0 else "b"}) for i, f in enumerate(files)]
+    job, store = submit_job(settings, items, collection, str(bundle))
+    status = wait_for(store, job, timeout=5)
+    assert status["ingested"] > 0
+
+
+@pytest.fixture(scope="module")
+def served(bundle_dir, corpus, tmp_path_factory):
+    """The evaluation split ingested into an embedded Qdrant, and `hark serve` on it in a thread."""
+    import uvicorn
+
+    from hark.plugin.service import create_app
+    from hark.plugin.store import connect
+
+    tmp = tmp_path_factory.mktemp("served")
+    settings = _settings(tmp)
+    _ingest(settings, corpus, bundle_dir)
+    client = connect(settings)
+    app = create_app(settings, str(bundle_dir), client=client)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    facade = AudioSearch(client, Bundle.load(bundle_dir), "sounds", "cpu")
+    yield {"url": f"http://127.0.0.1:{port}", "client": client, "facade": facade, "app": app, "settings": settings,
+           "service": app.state.service}
+    server.should_exit = True
+    thread.join(timeout=10)
+    client.close()
+
+
+def _captions(corpus: Path) -> list[tuple[str, str]]:
+    from hark.training.run import load_split
+
+    return [(ex.captions[0], ex.audio_path.name) for ex in load_split([corpus], "evaluation")]
+
+
+def test_facade_finds_the_described_clip(served, corpus):
+    ranks = []
+    for caption, name in _captions(corpus):
+        with served["service"].lock:
+            hits = served["facade"].search(caption, limit=32)
+        names = [h.payload["file_name"] for h in hits]
+        ranks.append(names.index(name) + 1 if name in names else 33)
+        assert hits == sorted(hits, key=lambda h: -h.score)
+        assert all(h.rerank is not None for h in hits)
+        fusion = served["facade"].fusion
+        for h in hits:
+            assert h.score == pytest.approx(fusion["cosine"] * h.cosine + fusion["attention"] * h.rerank, abs=1e-5)
+    mrr = float(np.mean([1 / r for r in ranks]))
+    n = len(ranks)
+    chance = sum(1 / r for r in range(1, n + 1)) / n
+    assert mrr > 2 * chance, (mrr, chance)
+
+
+def test_stock_qdrant_client_gets_the_facade_ranking(served, corpus):
+    from qdrant_client import QdrantClient, models
+
+    remote = QdrantClient(url=served["url"], cloud_inference=True, timeout=30)
+    flt = models.Filter(must=[models.FieldCondition(key="meta.half", match=models.MatchValue(value="a"))])
+    for caption, _ in _captions(corpus)[:5]:
+        with served["service"].lock:
+            expected = served["facade"].search(caption, limit=5)
+            expected_a = served["facade"].search(caption, limit=5, filter=flt)
+        bare = remote.query_points("sounds", query=models.Document(text=caption, model="hark"), using="global",
+                                   limit=5, with_payload=True)
+        nearest = remote.query_points("sounds", query=models.NearestQuery(
+            nearest=models.Document(text=caption, model=f"hark/{served['facade'].bundle.name}")), limit=5)
+        assert [str(p.id) for p in bare.points] == [h.id for h in expected]
+        assert [str(p.id) for p in nearest.points] == [h.id for h in expected]
+        assert [p.score for p in bare.points] == pytest.approx([h.score for h in expected], abs=1e-5)
+        filtered = remote.query_points("sounds", query=models.Document(text=caption, model="hark"), limit=5,
+                                       query_filter=flt, with_payload=["meta"])
+        assert [str(p.id) for p in filtered.points] == [h.id for h in expected_a]
+        assert all(p.payload == {"meta": {"half": "a"}} for p in filtered.points)
+    batch = remote.query_batch_points("sounds", requests=[
+        models.QueryRequest(query=models.Document(text="a bell rings", model="hark"), limit=3),
+        models.QueryRequest(query=models.Document(text="rain falls", model="hark"), limit=2, filter=flt)])
+    with served["service"].lock:
+        assert [str(p.id) for p in batch[0].points] == [h.id for h in served["facade"].search("a bell rings", 3)]
+    assert len(batch[1].points) == 2
+
+
+def test_passthrough_routes_answer_as_the_upstream(served):
+    from qdrant_client import QdrantClient
+
+    remote = QdrantClient(url=served["url"], timeout=30)
+    local = served["client"]
+    with served["service"].lock:
+        physical = local.get_aliases().aliases[0].collection_name
+        direct_names = sorted(c.name for c in local.get_collections().collections)
+        direct_count = local.count(physical).count
+        direct_scroll, _ = local.scroll(physical, limit=4, with_payload=True)
+    assert sorted(c.name for c in remote.get_collections().collections) == direct_names
+    assert remote.count("sounds").count == direct_count
+    page, _ = remote.scroll("sounds", limit=4, with_payload=True)
+    assert [p.id for p in page] == [p.id for p in direct_scroll]
+    assert [p.payload for p in page] == [p.payload for p in direct_scroll]
+    got = remote.retrieve("sounds", [page[0].id], with_payload=True)
+    assert got[0].payload == direct_scroll[0].payload
+    assert remote.collection_exists("sounds") and not remote.collection_exists("nope")
+
+
+def test_inference_protocol_shape(served):
+    import httpx
+
+    # The body Qdrant's inference service sends (InferenceRequest / InferenceInput in qdrant's
+    # src/common/inference/service.rs): inputs with data, data_type, model, options; inference; token.
+    body = {"inputs": [{"data": "a dog barks while rain falls", "data_type": "text", "model": "hark", "options": None},
+                       {"data": "a siren wails", "data_type": "text",
+                        "model": f"hark/{served['facade'].bundle.name}", "options": {"x": 1}},
+                       {"data": "a bell rings", "data_type": "text", "model": "hark/text-tokens", "options": None}],
+            "inference": "search", "token": None}
+    response = httpx.post(served["url"] + "/infer", json=body, timeout=30)
+    assert response.status_code == 200
+    data = response.json()
+    assert set(data) == {"embeddings"} and len(data["embeddings"]) == 3
+    # Same batch as the request: int8 encoders quantise activations per batch, so batch-mates matter.
+    expected = served["facade"].embed_text(["a dog barks while rain falls", "a siren wails", "a bell rings"])
+    np.testing.assert_allclose(np.array(data["embeddings"][:2]), expected[:2], atol=1e-5)
+    tokens = np.array(data["embeddings"][2])
+    assert tokens.ndim == 2 and tokens.shape[0] >= 3  # a multi-dense vector: one row per text token
+    assert httpx.post(served["url"] + "/api/v1/infer", json=body, timeout=30).status_code == 200
+    bad = dict(body, inputs=[{"data": "x", "data_type": "text", "model": "openai/clip", "options": None}])
+    response = httpx.post(served["url"] + "/infer", json=bad, timeout=30)
+    assert response.status_code == 400 and "unknown model 'openai/clip'" in response.json()["error"]
+    image = dict(body, inputs=[{"data": "http://x/y.png", "data_type": "image", "model": "hark", "options": None}])
+    response = httpx.post(served["url"] + "/infer", json=image, timeout=30)
+    assert response.status_code == 400 and "data_type" in response.json()["error"]
+
+
+@pytest.mark.parametrize("method, path, payload, status, message", [
+    ("post", "/search", {"text": "   "}, 400, "non-empty"),
+    ("post", "/search", {"text": "dog", "collection": "nope"}, 404, "not found"),
+    ("post", "/search", {"text": "dog", "filter": {"must": [{"kee": "x"}]}}, 400, "malformed filter"),
+    ("post", "/search", {"text": "dog", "limit": 10**6}, 422, "less than or equal"),
+    ("post", "/search", "not json", 422, "JSON"),
+    ("post", "/collections/sounds/points/query", "not json", 400, "not valid JSON"),
+    ("post", "/collections/nope/points/query", {"query": {"text": "dog", "model": "hark"}}, 404, "doesn't exist"),
+    ("post", "/collections/sounds/points/query", {"query": {"text": "", "model": "hark"}}, 400, "non-empty"),
+    ("post", "/collections/sounds/points/query", {"query": {"text": "dog", "model": "hark"}, "limit": 5000}, 400,
+     "limit"),
+    ("post", "/collections/sounds/points/query", {"query": {"text": "dog", "model": "hark"},
+                                                  "filter": {"must": 3}}, 400, "filter"),
+    ("post", "/collections/sounds/points/query", {"query": {"text": "dog", "model": "other/model"}}, 400,
+     "not served"),
+    ("post", "/infer", "{", 400, "not valid JSON"),
+    ("post", "/infer", {"inputs": "x"}, 400, "must be a list"),
+])
+def test_bad_input_gets_a_4xx_with_a_message(served, method, path, payload, status, message):
+    import httpx
+
+    kwargs = {"content": payload} if isinstance(payload, str) else {"json": payload}
+    response = getattr(httpx, method)(served["url"] + path, timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert message.lower() in response.text.lower()
+
+
+def test_search_route_health_and_metrics(served):
+    import httpx
+
+    url = served["url"]
+    response = httpx.post(url + "/search", json={"text": "a dog barks", "limit": 3, "group_by_source": True},
+                          timeout=30)
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["hits"]) == 3 and set(body["timings_ms"]) == {"tokenize", "text_encoder", "prefilter",
+                                                                   "rerank", "fuse"}
+    assert {"id", "score", "cosine", "rerank", "payload", "source", "offset"} <= set(body["hits"][0])
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(url + "/readyz").json()["ready"] is True
+    metrics = httpx.get(url + "/metrics").text
+    assert 'hark_query_stage_seconds_count{stage="rerank"}' in metrics
+    assert "hark_requests_total" in metrics and "hark_query_candidates" in metrics
+    schema = httpx.get(url + "/openapi.json").json()
+    assert "/search" in schema["paths"] and "/infer" in schema["paths"]
+
+
+def test_api_key_guards_harks_own_routes(bundle_dir, served):
+    from fastapi.testclient import TestClient
+
+    from hark.plugin.service import create_app
+
+    settings = served["settings"]
+    keyed = Settings(**{**{k: getattr(settings, k) for k in settings.__dataclass_fields__ if k != "sources"},
+                        "api_key": "s3cret"})
+    app = create_app(keyed, str(bundle_dir), client=served["client"])
+    app.state.service.lock = served["service"].lock
+    with TestClient(app) as http:
+        assert http.post("/search", json={"text": "dog"}).status_code == 401
+        assert http.post("/search", json={"text": "dog"}, headers={"api-key": "wrong"}).status_code == 401
+        assert http.post("/search", json={"text": "dog"}, headers={"api-key": "s3cret"}).status_code == 200
+        assert http.get("/healthz").status_code == 200
+
+
+def test_rerank_lifts_the_clip_the_attention_head_prefers(trained_run, corpus, tmp_path):
+    """A bundle whose cosine head is scrambled but whose attention head is trained: the rerank lifts the
+    described clip to the top where the cosine ranking buried it; with the rerank off it stays buried."""
+    import torch
+
+    from hark.exporters.onnx_export import export_bundle
+    from hark.plugin.store import connect
+    from hark.training.model import load_checkpoint
+
+    model, payload = load_checkpoint(trained_run[0] / "best.pt")
+    torch.manual_seed(99)
+    with torch.no_grad():
+        for layer in (model.cosine.audio_proj, model.cosine.text_proj):
+            layer.weight.copy_(torch.randn_like(layer.weight))
+    payload["model"] = model.state_dict()
+    # The fused score leans on the attention part, as a bundle tuned for reranking would.
+    payload["config"]["heads"]["fusion_cosine"] = 0.1
+    torch.save(payload, tmp_path / "scrambled.pt")
+    bundle = export_bundle(tmp_path / "scrambled.pt", tmp_path / "bundle")
+    settings = _settings(tmp_path)
+    _ingest(settings, corpus, bundle)
+    client = connect(settings)
+    try:
+        search = AudioSearch(client, bundle, "sounds", "cpu", candidates=100)
+        lifted, ranks_on, ranks_off = 0, [], []
+        for caption, name in _captions(corpus):
+            on = [h.payload["file_name"] for h in search.search(caption, limit=100)]
+            off = [h.payload["file_name"] for h in search.search(caption, limit=100, rerank=False)]
+            ranks_on.append(on.index(name) + 1)
+            ranks_off.append(off.index(name) + 1)
+            if ranks_on[-1] == 1 and ranks_off[-1] > 3:
+                lifted += 1
+    finally:
+        client.close()
+    assert lifted >= 1
+    assert np.mean([1 / r for r in ranks_on]) > 2 * np.mean([1 / r for r in ranks_off])
+
+
+def test_facade_rejects_bad_arguments(served):
+    facade = served["facade"]
+    with served["service"].lock:
+        with pytest.raises(QueryError, match="non-empty"):
+            facade.search("")
+        with pytest.raises(QueryError, match="limit"):
+            facade.search("dog", limit=0)
+        with pytest.raises(QueryError, match="candidates"):
+            facade.search("dog", candidates=10**6)
+        with pytest.raises(QueryError, match="not valid JSON"):
+            facade.search("dog", filter="{nope")
+        with pytest.raises(QueryError, match="list of texts"):
+            facade.search_batch("dog")
+
+
+def test_search_command(served, bundle_dir, corpus, tmp_path, capsys, monkeypatch):
+    from hark.cli import main
+
+    settings = _settings(tmp_path)
+    _ingest(settings, corpus, bundle_dir)
+    for key, value in {"HARK_QDRANT_PATH": settings.qdrant_path, "HARK_STATE_DIR": settings.state_dir,
+                       "HARK_BUNDLE": str(bundle_dir), "HARK_COLLECTION": "sounds"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["search", "a bell rings", "--limit", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["hits"]) == 3 and out["hits"][0]["rerank"] is not None
+    assert main(["search", "a bell rings", "--limit", "2", "--no-rerank"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("\n") == 2 and "cos" in table and "att" not in table
+    assert main(["search", "x", "--collection", "nope"]) == 2
+    assert "not found" in capsys.readouterr().err
