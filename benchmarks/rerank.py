@@ -113,7 +113,7 @@ def main() -> None:
             errors.append(float(diff.max() / np.abs(u_out).max()))
             abs_errors.append(float(diff.max()))
             results[k] = (u_ms, f_ms)
-    row = row_size(DIM, HEADS, SEGMENTS)
+    row = row_size(AUDIO_DIM, HEADS, SEGMENTS)
     print(f"hark rerank benchmark  device={args.device}  machine={platform.machine()} "
           f"{platform.processor() or ''} threads={torch.get_num_threads()}")
     print(f"head: audio {AUDIO_DIM}, text {TEXT_DIM}, d {DIM}, {HEADS} heads; {TOKENS} tokens; {SEGMENTS} segments")
@@ -121,7 +121,8 @@ def main() -> None:
     for k, (u_ms, f_ms) in results.items():
         print(f"{k:>6} {u_ms:>12.2f} {f_ms:>10.2f} {u_ms / f_ms:>7.1f}x")
     per_clip_fp32 = SEGMENTS * row * 4 + DIM * 4
-    print(f"stored per clip ({SEGMENTS} segments): tokens multivector {SEGMENTS} x {row} + global {DIM} = "
+    print(f"stored per clip ({SEGMENTS} segments): tokens multivector {SEGMENTS} x {row} (segment embedding "
+          f"{AUDIO_DIM} + Gram rows {HEADS} x {HEADS * SEGMENTS}) + global {DIM} = "
           f"{per_clip_fp32} bytes fp32, {per_clip_fp32 // 2} bytes fp16")
     print(f"folded vs unfolded: max abs error {max(abs_errors):.2e}, relative to the largest score {max(errors):.2e}")
     u1000, f1000 = results[1000]

@@ -7,8 +7,10 @@
 - TextGraph:   token ids + mask [B, L] -> `sentence` [B, d] and the text token embeddings [B, L, Dt].
 - RerankGraph: a query's text tokens and its K candidates' stored rows -> attention scores [B, K].
 
-A stored `tokens` row of segment m packs [k_m (d) | v_m (d) | rows m*h..m*h+h-1 of the clip's Gram
-matrix (h x M*h)], so one multivector carries everything the reranker reads about the clip.
+A stored `tokens` row of segment m packs [A_m (the segment embedding, Da) | rows m*h..m*h+h-1 of the clip's
+Gram matrix (h x M*h)]. The key and value projections are linear in A_m, so the reranker moves them to the
+query side (each query token gets one Da-vector per head for the keys and one for the values); the clip
+stores less than the projected keys and values would take, which is what Qdrant ships back per candidate.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from hark.training.model import RetrievalModel
 from hark.training.towers import PASST_FRAMES
 
 
-def row_size(dim: int, heads: int, max_segments: int) -> int:
-    return 2 * dim + heads * heads * max_segments
+def row_size(audio_dim: int, heads: int, max_segments: int) -> int:
+    return audio_dim + heads * heads * max_segments
 
 
 class AudioGraph(nn.Module):
@@ -51,10 +53,8 @@ class ClipGraph(nn.Module):
             return glob, segments[:, :, :0]
         state = self.attention.audio_state(segments, mask)
         c, m = segments.shape[:2]
-        k = state["k"].reshape(c, m, -1)
-        v = state["v"].reshape(c, m, -1)
         gram = state["gram"].reshape(c, m, -1)
-        return glob, torch.cat([k, v, gram], dim=-1)
+        return glob, torch.cat([segments * state["mask"][..., None], gram], dim=-1)
 
 
 class TextGraph(nn.Module):
@@ -69,31 +69,50 @@ class TextGraph(nn.Module):
 
 
 class RerankGraph(nn.Module):
-    """Folded attention-head scores of each query against its own K candidates."""
+    """Folded attention-head scores of each query against its own K candidates.
+
+    With W_k,i = head_k[i] wk and W_v,i = head_v[i] wv (per head i, e x Da):
+      logit[n,i,m] = (W_k,i^T q[n,i]) . A_m           (the key biases add a constant per (n, i): softmax drops it)
+      z[n,i] . v[m,i] = (W_v,i^T z[n,i]) . A_m + z[n,i] . c_v,i
+    """
 
     def __init__(self, model: RetrievalModel) -> None:
         super().__init__()
         if model.attention is None:
             raise ValueError("this model has no attention head to rerank with")
-        self.head = model.attention
+        head = model.attention
+        self.head = head
+        d, h, e = head.dim, head.heads, head.head_dim
+        with torch.no_grad():
+            key = head.head_k.weight.reshape(h, e, d) @ head.wk.weight
+            value = head.head_v.weight.reshape(h, e, d) @ head.wv.weight
+            value_bias = (head.head_v.weight @ head.wv.bias + head.head_v.bias).reshape(h, e)
+        self.register_buffer("key", key.detach().clone(), persistent=False)
+        self.register_buffer("value", value.detach().clone(), persistent=False)
+        self.register_buffer("value_bias", value_bias.detach().clone(), persistent=False)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, rows: torch.Tensor,
                 segment_mask: torch.Tensor) -> torch.Tensor:
         head = self.head
         ts = head.text_state(tokens, token_mask.to(tokens.dtype))
         b, k, m, _ = rows.shape
-        d, h, e = head.dim, head.heads, head.head_dim
-        keys = rows[..., :d].reshape(b, k, m, h, e)
-        values = rows[..., d:2 * d].reshape(b, k, m, h, e)
-        gram = rows[..., 2 * d:].reshape(b, k, m * h, m * h)
+        h, da = head.heads, self.key.shape[-1]
+        qa = torch.einsum("bnhe,hea->bnha", ts["q"], self.key)
+        za = torch.einsum("bnhe,hea->bnha", ts["z"], self.value)
+        zc = torch.einsum("bnhe,he->bn", ts["z"], self.value_bias)
+        n = qa.shape[1]
+        segments = rows[..., :da]
+        gram = rows[..., da:].reshape(b, k, m * h, m * h)
+        # One GEMM per query for keys and values together: [N*2h, Da] x [Da, K*M].
+        both = torch.cat([qa, za], dim=2).reshape(b, n * 2 * h, da)
+        prod = torch.matmul(both, segments.reshape(b, k * m, da).transpose(1, 2))
+        prod = prod.reshape(b, n, 2 * h, k, m).permute(0, 3, 1, 2, 4)  # [B, K, N, 2h, M]
         seg = segment_mask.to(rows.dtype)
-        logits = torch.einsum("bnhe,bkmhe->bknhm", ts["q"], keys)
-        logits = logits.masked_fill(seg[:, :, None, None, :] == 0, float("-inf"))
+        logits = prod[:, :, :, :h].masked_fill(seg[:, :, None, None, :] == 0, float("-inf"))
         att = torch.softmax(logits, dim=-1)
-        zv = torch.einsum("bnhe,bkmhe->bknhm", ts["z"], values) + ts["e"][:, None, :, None, None]
-        num = (att * zv).sum((-1, -2))
-        p = att.transpose(-1, -2).reshape(b, k, att.shape[2], m * h)
-        norm2 = torch.einsum("bknp,bkpq,bknq->bkn", p, gram, p)
+        num = (att * prod[:, :, :, h:]).sum((-1, -2)) + (zc + h * ts["e"])[:, None, :]
+        p = att.transpose(-1, -2).reshape(b, k, n, m * h)
+        norm2 = (torch.matmul(p, gram) * p).sum(-1)
         cos = num / (ts["xnorm"][:, None, :].clamp_min(1e-8) * norm2.clamp_min(0).sqrt().clamp_min(1e-8))
         valid = ts["mask"][:, None, :]
         return (cos * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)

@@ -205,7 +205,7 @@ def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, pr
         heads["attention"] = {"variant": cfg.heads.attention, "heads": cfg.heads.attention_heads,
                               "dim": cfg.heads.dim, "compare_to": cfg.heads.compare_to}
         heads["fusion"]["attention"] = cfg.heads.fusion_attention
-        vectors["tokens"] = {"size": row_size(cfg.heads.dim, cfg.heads.attention_heads, cfg.audio.max_segments),
+        vectors["tokens"] = {"size": row_size(model.audio.dim, cfg.heads.attention_heads, cfg.audio.max_segments),
                              "distance": "Dot", "multivector": True, "hnsw_m": 0, "datatype": "float16",
                              "on_disk": True}
     manifest = {

@@ -52,13 +52,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, args.data, Path(args.out), device=args.device, resume=not args.no_resume,
                    progress=not args.quiet)
+    registered_to = None
+    if args.register:
+        from hark.exporters.onnx_export import export_bundle
+        from hark.registry import register
+
+        exported = export_bundle(Path(args.out) / "best.pt", Path(args.out) / "bundle", overwrite=True)
+        registered_to = str(register(_settings(args), exported))
     summary = {"out": str(result.out_dir), "epochs": result.epochs_run, "best_val_mAP@10": result.best_metric,
-               "last": result.history[-1] if result.history else {}}
+               "last": result.history[-1] if result.history else {}, "registered": registered_to}
     if args.json:
         _print_json(summary)
     else:
         print(f"trained {result.epochs_run} epochs; best validation mAP@10 {result.best_metric:.2f}; "
-              f"checkpoints and metrics.jsonl in {result.out_dir}")
+              f"checkpoints and metrics.jsonl in {result.out_dir}"
+              + (f"; bundle registered as {registered_to}" if registered_to else ""))
     return 0
 
 
@@ -231,10 +239,25 @@ def _print_job(status: dict[str, Any], as_json: bool) -> None:
         print(f"  failed: {path}: {reason}")
 
 
+def _ingest_bundle(settings, ref: str | None, collection: str):
+    """--bundle or HARK_BUNDLE if given; else the version live for the collection; else the newest registered."""
+    from hark.registry import resolve_bundle
+
+    if ref or settings.bundle or not settings.embedded_qdrant or settings.broker_url:
+        return resolve_bundle(settings, ref)
+    from hark.plugin.store import connect, live_version
+
+    client = connect(settings)
+    try:
+        version = live_version(client, collection)
+    finally:
+        client.close()
+    return resolve_bundle(settings, version)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from hark.registry import resolve_bundle
     from hark.workers.ingest import Item, collect_files
     from hark.workers.submit import submit_job, wait_for
 
@@ -242,8 +265,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     files = collect_files(args.paths, recursive=args.recursive)
     if not files:
         raise CLIError("no audio files found in the given paths")
-    bundle = str(resolve_bundle(settings, args.bundle).resolve())
     collection = args.collection or settings.collection
+    bundle = str(_ingest_bundle(settings, args.bundle, collection).resolve())
     meta = _parse_meta(args.meta)
     items = [Item(path, meta) for path in files]
     if not settings.broker_url and settings.embedded_qdrant:
@@ -294,6 +317,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     app = make_app(settings)
     app.worker_main(worker_argv(pool, args.concurrency, args.loglevel))
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.broker_url:
+        raise CLIError("HARK_BROKER_URL is not set: the beat schedules re-index checks for the Celery workers")
+    if settings.reindex_interval <= 0:
+        raise CLIError("HARK_REINDEX_INTERVAL is 0: the re-index schedule is disabled")
+    from hark.workers.app import make_app
+
+    app = make_app(settings)
+    schedule = Path(settings.state_dir) / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", f"--loglevel={args.loglevel}", f"--schedule={schedule}"])
     return 0
 
 
@@ -349,6 +387,71 @@ def cmd_failed(args: argparse.Namespace) -> int:
             print(f"{entry['at']}  job {entry['job']}  {entry['path']}: {entry['reason']}")
         if not entries:
             print("no failed files")
+    return 0
+
+
+# -- models and re-indexing -----------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from hark.registry import register, registered
+
+    settings = _settings(args)
+    if args.models_command == "register":
+        target = register(settings, args.bundle)
+        print(json.dumps({"registered": str(target)}) if args.json else f"registered {target}")
+        return 0
+    live: dict[str, list[str]] = {}
+    try:
+        from hark.plugin.store import connect, version_of
+
+        client = connect(settings)
+        try:
+            for alias in client.get_aliases().aliases:
+                live.setdefault(version_of(alias.collection_name) or "", []).append(alias.alias_name)
+        finally:
+            client.close()
+    except HarkError:
+        pass  # the embedded folder is busy: list without the live column
+    rows = [{"version": v, "path": str(p), "created_at": c, "live_for": live.get(v, [])}
+            for v, p, c in registered(settings)]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            tag = f"  live for {', '.join(r['live_for'])}" if r["live_for"] else ""
+            print(f"{r['version']}  {r['created_at']}  {r['path']}{tag}")
+        if not rows:
+            print(f"no bundles registered in {settings.models_dir}")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from hark.workers.jobs import job_store
+    from hark.workers.reindex import reindex
+
+    settings = _settings(args)
+    collection = args.collection or settings.collection
+    report = reindex(settings, job_store(settings), collection, args.bundle)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{collection} now serves {report['live']} (was {report['previous']}): {report['stored']} points, "
+              f"{report['failed_files']} files failed, {report['recomputed']} vectors recomputed and matched"
+              + (f"; dropped {', '.join(report['pruned'])}" if report["pruned"] else ""))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from hark.plugin.store import connect
+    from hark.workers.reindex import rollback
+
+    settings = _settings(args)
+    client = connect(settings)
+    try:
+        result = rollback(settings, client, args.collection or settings.collection)
+    finally:
+        client.close()
+    print(json.dumps(result) if args.json else f"{result['collection']} now serves {result['live']} "
+          f"(was {result['previous']})")
     return 0
 
 
@@ -444,6 +547,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("models", help="the bundle registry (HARK_MODELS_DIR) and which version is live where")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    m = msub.add_parser("list", help="registered bundles, oldest first, with the collections they serve")
+    m.add_argument("--json", action="store_true", help="print as JSON")
+    m.set_defaults(func=cmd_models)
+    m = msub.add_parser("register", help="copy a verified bundle into the registry")
+    m.add_argument("bundle", help="bundle folder")
+    m.add_argument("--json", action="store_true", help="print as JSON")
+    m.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("reindex", help="rebuild a collection with another model version, then switch its alias",
+                       description="Builds NAME__VERSION from the source files recorded in the live collection, "
+                       "verifies it (every live point present, sampled vectors recomputed), switches the alias "
+                       "atomically and prunes versions beyond HARK_KEEP_COLLECTIONS. Resumes an interrupted run.")
+    p.add_argument("--collection", help="collection alias; default HARK_COLLECTION")
+    p.add_argument("--bundle", required=True, help="registered version or bundle folder to switch to")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("rollback", help="switch a collection's alias back to the previous version")
+    p.add_argument("--collection", help="collection alias; default HARK_COLLECTION")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_rollback)
+
     p = sub.add_parser("config", help="print the effective settings and where each came from")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_config)
@@ -471,6 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("beat", help="run the Celery beat that starts re-indexes when a newer model is registered")
+    p.add_argument("--loglevel", default="INFO", help="Celery log level")
+    p.set_defaults(func=cmd_beat)
+
     p = sub.add_parser("jobs", help="ingestion jobs and their progress")
     p.add_argument("job", nargs="?", help="one job's id for its details")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -494,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoints, metrics.jsonl")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    p.add_argument("--register", action="store_true",
+                   help="export the best checkpoint and register the bundle (the beat re-indexes with it)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="config overrides, e.g. train.epochs=3 heads.attention=full")
     _add_common(p)

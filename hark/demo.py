@@ -44,35 +44,9 @@ def make_corpus(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def runtime_rankings(bundle_dir: Path, examples, device: str = "auto") -> dict[str, Any]:
-    """Score an evaluation split through the bundle (ONNX Runtime): cosine alone and cosine + rerank."""
-    from hark.audio import AudioDecodeError, decode_audio
-    from hark.bundle import Bundle
-    from hark.plugin.models import AudioEncoder, Reranker, TextEncoder
-
-    bundle = Bundle.load(bundle_dir)
-    audio = AudioEncoder(bundle, device)
-    kept, clips = [], []
-    for ex in examples:
-        try:
-            wave = decode_audio(ex.audio_path, bundle.sample_rate)[: audio.window_samples]
-        except AudioDecodeError:
-            continue
-        kept.append(ex)
-        clips.append(audio.encode_windows([wave])[0])
-    queries = [c for ex in kept for c in ex.captions]
-    targets = np.array([i for i, ex in enumerate(kept) for _ in ex.captions])
-    text = TextEncoder(bundle, device).encode(queries)
-    glob = np.stack([c.global_ for c in clips])
-    cosine = text.sentence @ glob.T
-    out = {"cosine": cosine}
-    if bundle.has_rerank:
-        reranker = Reranker(bundle, device)
-        att = np.stack([reranker.score(text.tokens[q], text.mask[q], [c.rows for c in clips])
-                        for q in range(len(queries))])
-        out["fused"] = bundle.fusion["cosine"] * cosine + bundle.fusion["attention"] * att
-    return {"scores": out, "targets": targets, "queries": queries, "audio": [ex.audio_path.name for ex in kept],
-            "clips": clips}
+def _broken(corpus: Path) -> list[str]:
+    marker = corpus / ".complete"
+    return json.loads(marker.read_text()).get("broken", []) if marker.is_file() else []
 
 
 def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str, Any]:
@@ -83,16 +57,16 @@ def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str,
 
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
-    _step("1/5 generate a corpus of synthesized sound events with captions")
+    _step("1/6 generate a corpus of synthesized sound events with captions")
     corpus = make_corpus(work / "corpus")
 
-    _step("2/5 train a tiny joint model (cosine + cross-modal attention heads) on CPU")
+    _step("2/6 train a tiny joint model (cosine + cross-modal attention heads) on CPU")
     run_dir = work / "run"
     result = train(load_config("tiny"), [corpus], run_dir, device="cpu" if device == "cpu" else "auto",
                    progress=not quiet)
     print(f"best validation mAP@10 {result.best_metric:.1f} after {result.epochs_run} epochs ({run_dir})")
 
-    _step("3/5 export the model bundle and verify it")
+    _step("3/6 export the model bundle and verify it")
     bundle_dir = work / "bundle"
     try:
         report = verify_bundle(bundle_dir)
@@ -104,40 +78,66 @@ def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str,
         report = verify_bundle(bundle_dir)
         print(f"exported bundle {report['version']} to {bundle_dir}; parity {json.dumps(report['parity'])}")
 
-    _step("4/5 evaluate the held-out split through ONNX Runtime: bi-encoder alone vs with rerank")
-    ranked = runtime_rankings(bundle_dir, load_split([corpus], "evaluation"), device)
-    table = {name: metrics.retrieval_metrics(s, ranked["targets"]) for name, s in ranked["scores"].items()}
-    relevance = metrics.read_relevance(corpus / "relevance_evaluation.csv")
+    _step("4/6 register the bundle and ingest the held-out split into the embedded Qdrant (in-process worker)")
+    from hark.registry import register
+    from hark.settings import Settings
+    from hark.workers.ingest import Item, collect_files
+    from hark.workers.submit import submit_job, wait_for
+
+    settings = Settings.load()
+    registered_dir = register(settings, bundle_dir)
+    files = collect_files([corpus / "evaluation"]) + [str(corpus / "development" / name)
+                                                      for name in _broken(corpus)]
+    job, store = submit_job(settings, [Item(f, {"split": "evaluation"}) for f in files], settings.collection,
+                            str(registered_dir))
+    status = wait_for(store, job)
+    print(f"job {job}: {status['ingested']} ingested, {status['duplicate']} already there, {status['failed']} failed "
+          f"into collection '{settings.collection}' ({settings.qdrant_path})")
+    for path, reason in status["failures"].items():
+        print(f"  failed: {Path(path).name}: {reason}")
+
+    _step("5/6 evaluate through Qdrant: bi-encoder (cosine prefilter) alone vs with the attention rerank")
+    from hark.bundle import Bundle
+    from hark.plugin.search import AudioSearch
+    from hark.plugin.store import connect
     from hark.training.evaluate import relevance_metrics
 
-    for name, s in ranked["scores"].items():
-        table[name].update(relevance_metrics(s, ranked["queries"], ranked["audio"], relevance))
-    print(f"{'':22s}" + "".join(f"{k:>10s}" for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")))
-    for name, row in table.items():
-        label = "bi-encoder (cosine)" if name == "cosine" else "cosine + rerank"
-        print(f"{label:22s}" + "".join(f"{row[k]:10.1f}" for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")))
+    examples = [ex for ex in load_split([corpus], "evaluation")]
+    names = [ex.audio_path.name for ex in examples]
+    queries = [c for ex in examples for c in ex.captions]
+    targets = np.array([i for i, ex in enumerate(examples) for _ in ex.captions])
+    relevance = metrics.read_relevance(corpus / "relevance_evaluation.csv")
+    client = connect(settings)
+    try:
+        search = AudioSearch(client, Bundle.load(registered_dir), settings.collection, device,
+                             candidates=len(names))
+        table = {}
+        for label, rerank in (("bi-encoder (cosine)", False), ("cosine + rerank", True)):
+            scores = np.full((len(queries), len(names)), -np.inf)
+            column = {n: i for i, n in enumerate(names)}
+            for start in range(0, len(queries), 16):
+                batch = search.search_batch(queries[start:start + 16], limit=len(names), rerank=rerank,
+                                            group_by_source=True)
+                for row, hits in enumerate(batch, start):
+                    for hit in hits:
+                        if hit.payload.get("file_name") in column:
+                            scores[row, column[hit.payload["file_name"]]] = hit.score
+            table[label] = metrics.retrieval_metrics(scores, targets)
+            table[label].update(relevance_metrics(scores, queries, names, relevance))
+        print(f"{'':22s}" + "".join(f"{k:>10s}" for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")))
+        for label, row in table.items():
+            print(f"{label:22s}" + "".join(f"{row[k]:10.1f}" for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")))
 
-    _step("5/5 example queries (top 3 clips of the evaluation split)")
-    from hark.bundle import Bundle
-
-    bundle = Bundle.load(bundle_dir)
-    for query in EXAMPLE_QUERIES:
-        sims = query_scores(bundle, query, ranked["clips"], device)
-        order = np.argsort(-sims)[:3]
-        print(f'"{query}": ' + ", ".join(f"{ranked['audio'][i]} ({sims[i]:.3f})" for i in order))
+        _step("6/6 example queries (top 3)")
+        for query in EXAMPLE_QUERIES:
+            hits = search.search(query, limit=3)
+            print(f'"{query}": ' + ", ".join(f"{Path(h.source).name} ({h.score:.3f})" for h in hits))
+    finally:
+        client.close()
     elapsed = time.time() - started
-    print(f"\ndone in {elapsed:.0f} s. Next: hark evaluate --checkpoint {run_dir} --data {corpus}")
+    print(f"\ndone in {elapsed:.0f} s. Next:\n"
+          f'  hark search "a dog barks while rain falls"      # the embedded collection, ranked with rerank\n'
+          f"  hark serve                                       # HTTP: Qdrant-compatible queries, /search, /infer\n"
+          f"  hark ingest PATH...                              # your own audio\n"
+          f"  hark evaluate --checkpoint {run_dir} --data {corpus}")
     return {"metrics": table, "bundle": str(bundle_dir), "run": str(run_dir), "seconds": round(elapsed, 1)}
-
-
-def query_scores(bundle, query: str, clips, device: str = "auto") -> np.ndarray:
-    """Fused score of a free-text query against encoded clips, through the bundle."""
-    from hark.plugin.models import Reranker, TextEncoder
-
-    text = TextEncoder(bundle, device).encode([query])
-    glob = np.stack([c.global_ for c in clips])
-    score = bundle.fusion["cosine"] * (glob @ text.sentence[0])
-    if bundle.has_rerank:
-        score = score + bundle.fusion["attention"] * Reranker(bundle, device).score(
-            text.tokens[0], text.mask[0], [c.rows for c in clips])
-    return score

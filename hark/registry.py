@@ -41,3 +41,23 @@ def resolve_bundle(settings: Settings, ref: str | None = None) -> Path:
         raise BundleError(f"no bundle given and none registered in {settings.models_dir}; pass --bundle, set "
                           "HARK_BUNDLE, or run `hark demo` / `hark export` first")
     return versions[-1][1]
+
+
+def register(settings: Settings, bundle_dir: str | Path) -> Path:
+    """Copy a verified bundle into the registry as `<name>-<version>`; registering twice is a no-op."""
+    import shutil
+
+    from hark.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dir)
+    target = Path(settings.models_dir) / f"{bundle.name}-{bundle.version}"
+    if (target / MANIFEST).is_file():
+        Bundle.load(target)  # an existing copy must still verify
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(bundle.root, tmp)
+    tmp.rename(target)
+    return target

@@ -45,6 +45,13 @@ class Settings:
     retry_backoff: float = 2.0
     # A message delivered this many times without finishing is dead-lettered as poison.
     max_deliveries: int = 3
+    # Shards and replicas of each new collection on a Qdrant cluster; 0 leaves the server's default.
+    shards: int = 0
+    replication: int = 0
+    # Previous collection versions kept after a re-index (for rollback); older ones are dropped.
+    keep_collections: int = 1
+    # Seconds between the beat's registry checks that start re-indexes; 0 disables the schedule.
+    reindex_interval: int = 600
     # API key for hark's own HTTP routes (/search, the page); empty means open.
     api_key: str = ""
     # Address `hark serve` listens on.

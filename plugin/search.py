@@ -92,15 +92,37 @@ class AudioSearch:
     """Language-based audio search over a hark collection."""
 
     def __init__(self, client, bundle: Bundle | str | Path, collection: str = "audio", device: str = "auto",
-                 candidates: int = DEFAULT_CANDIDATES, text_precision: str | None = None) -> None:
+                 candidates: int = DEFAULT_CANDIDATES, text_precision: str | None = None,
+                 registry=None) -> None:
+        """`registry` (hark Settings): follow the alias to whatever version is live, loading that version's
+        bundle from the registry, so a re-index switch never pairs one model's queries with another's vectors."""
         self.client = client
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.device, self.text_precision = device, text_precision
         self.collection = collection
         self.candidates = candidates
-        self.text = TextEncoder(self.bundle, device, text_precision)
-        self.reranker = Reranker(self.bundle, device) if self.bundle.has_rerank else None
-        self.fusion = self.bundle.fusion
+        self.registry = registry
+        self._engines: dict[str, tuple[Bundle, TextEncoder, Reranker | None]] = {}
+        self._use(bundle if isinstance(bundle, Bundle) else Bundle.load(bundle))
         self.last_times = StageTimes()
+
+    def _use(self, bundle: Bundle) -> None:
+        if bundle.version not in self._engines:
+            reranker = Reranker(bundle, self.device) if bundle.has_rerank else None
+            self._engines[bundle.version] = (bundle, TextEncoder(bundle, self.device, self.text_precision), reranker)
+        self.bundle, self.text, self.reranker = self._engines[bundle.version]
+        self.fusion = self.bundle.fusion
+
+    def _follow_alias(self, collection: str) -> None:
+        if self.registry is None:
+            return
+        from hark.registry import resolve_bundle
+
+        from .store import live_version
+
+        version = live_version(self.client, collection)
+        if version and version != self.bundle.version:
+            cached = self._engines.get(version)
+            self._use(cached[0] if cached else Bundle.load(resolve_bundle(self.registry, version)))
 
     # -- public API ----------------------------------------------------------------------------------
     def search(self, text: str, limit: int = 10, filter: Any = None, candidates: int | None = None,
@@ -115,6 +137,7 @@ class AudioSearch:
         from qdrant_client import models
 
         texts = self._check(texts, limit, candidates)
+        self._follow_alias(collection or self.collection)
         k = max(candidates or self.candidates, limit)
         flt = parse_filter(filter)
         use_rerank = rerank and self.reranker is not None

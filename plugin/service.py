@@ -123,7 +123,7 @@ class Service:
         self.client = client if client is not None else connect(settings)
         # The embedded client is not thread-safe; a server client is, but a lock costs nothing here.
         self.lock = threading.Lock()
-        self.search = AudioSearch(self.client, bundle, settings.collection, settings.device)
+        self.search = AudioSearch(self.client, bundle, settings.collection, settings.device, registry=settings)
         self.metrics = Metrics()
         self.upstream = None
         if settings.qdrant_url:

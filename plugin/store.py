@@ -97,6 +97,17 @@ def resolve_collection(client, name: str) -> str:
     return name
 
 
+def version_of(physical: str) -> str | None:
+    """The model version in a versioned collection name (`NAME__<version>`)."""
+    return physical.rsplit("__", 1)[1] if "__" in physical else None
+
+
+def live_version(client, collection: str) -> str | None:
+    """The model version the alias `collection` serves now (None when it is not an alias)."""
+    physical = resolve_collection(client, collection)
+    return version_of(physical) if physical != collection else None
+
+
 def ensure_collection(client, base: str, bundle: Bundle, shards: int | None = None,
                       replication: int | None = None) -> str:
     """Create `base__<version>` from the manifest if missing and point the alias `base` at it when the alias

@@ -38,8 +38,8 @@ def test_manifest_describes_the_collection(bundle_dir, model):
     d, h, m = model.cfg.heads.dim, model.cfg.heads.attention_heads, model.cfg.audio.max_segments
     assert manifest["vectors"]["global"] == {"size": d, "distance": "Cosine"}
     tokens = manifest["vectors"]["tokens"]
-    assert (tokens["size"], tokens["distance"], tokens["multivector"], tokens["hnsw_m"]) == (2 * d + h * h * m, "Dot",
-                                                                                          True, 0)
+    assert tokens["size"] == model.audio.dim + h * h * m
+    assert (tokens["distance"], tokens["multivector"], tokens["hnsw_m"]) == ("Dot", True, 0)
     assert manifest["audio"]["sample_rate"] == 32000 and manifest["text"]["max_tokens"] == 32
     assert set(manifest["graphs"]) == {"audio", "clip", "text", "rerank"}
     assert manifest["graphs"]["audio"]["default"] == "int8"
@@ -77,6 +77,31 @@ def test_every_graph_matches_pytorch_on_new_inputs(bundle_dir, model):
     np.testing.assert_allclose(got_rerank, ref_rerank, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["sentence", "full"])
+@pytest.mark.parametrize("compare_to", ["text", "query"])
+def test_rerank_graph_equals_the_literal_head(variant, compare_to):
+    from types import SimpleNamespace
+
+    from hark.exporters.graphs import LiteralRerankGraph
+    from hark.training.heads import CosineHead, CrossModalAttentionHead
+
+    torch.manual_seed(5)
+    text_dim = 32 if compare_to == "text" else 40
+    head = CrossModalAttentionHead(24, text_dim, 32, 4, variant, compare_to).double()
+    holder = SimpleNamespace(attention=head, cosine=CosineHead(24, text_dim, 32).double())
+    tokens, tmask = torch.randn(1, 6, text_dim, dtype=torch.float64), torch.ones(1, 6, dtype=torch.float64)
+    tmask[0, 4:] = 0
+    segments = torch.randn(7, 3, 24, dtype=torch.float64)
+    smask = torch.ones(7, 3, dtype=torch.float64)
+    smask[1, 1:] = 0
+    smask[4, 2] = 0
+    with torch.no_grad():
+        _, rows = ClipGraph(holder)(segments, smask)
+        folded = RerankGraph(holder)(tokens, tmask, rows[None], smask[None])[0]
+        literal = LiteralRerankGraph(holder)(tokens, tmask, segments, smask)
+    np.testing.assert_allclose(folded.numpy(), literal.numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_bundle_ranking_equals_pytorch_ranking(bundle_dir, model, corpus):
     examples = load_split([corpus], "evaluation")
     reference = score_split(model, examples, progress=False)
@@ -97,8 +122,11 @@ def test_bundle_ranking_equals_pytorch_ranking(bundle_dir, model, corpus):
     np.testing.assert_allclose(fused, reference.scores["fused"], atol=2e-4)
     top_ref = np.argsort(-reference.scores["fused"], axis=1, kind="stable")[:, :10]
     top_got = np.argsort(-fused, axis=1, kind="stable")[:, :10]
-    assert (top_ref == top_got).mean() > 0.99
-    assert (top_ref[:, 0] == top_got[:, 0]).all()
+    # Identical top-10; a swap is tolerated only between clips whose PyTorch scores tie within float error.
+    for q in range(len(top_ref)):
+        for a, b in zip(top_ref[q], top_got[q], strict=True):
+            if a != b:
+                assert abs(reference.scores["fused"][q, a] - reference.scores["fused"][q, b]) < 1e-4, (q, a, b)
 
 
 def test_verify_reports_a_healthy_bundle(bundle_dir):

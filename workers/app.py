@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 QUEUE = "hark.ingest"
 TASK = "hark.ingest_batch"
+TICK = "hark.reindex_tick"
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -71,8 +72,46 @@ def make_app(settings: Settings | None = None) -> Celery:
             return {"job": job_id, "failed": True}
         return {"job": job_id, "files": len(outcomes)}
 
+    @app.task(bind=True, name=TICK)
+    def reindex_tick(self) -> dict:
+        """Beat: finish re-indexes whose job is done, start one where a newer registered version exists."""
+        return run_tick(settings)
+
+    if settings.reindex_interval > 0:
+        # A tick that waited longer than one interval is dropped (expires): ticks never pile up.
+        app.conf.beat_schedule = {"hark-reindex": {"task": TICK, "schedule": float(settings.reindex_interval),
+                                                   "options": {"expires": float(settings.reindex_interval)}}}
     app.ingest_batch = ingest_batch
+    app.reindex_tick = reindex_tick
     return app
+
+
+def run_tick(settings: Settings) -> dict:
+    from hark.plugin.store import connect
+
+    from .reindex import finish, pending_reindexes, start
+
+    store = job_store(settings)
+    # Single flight: one tick at a time across every worker; the lock expires by itself.
+    if not store.lock("reindex-tick", max(30, settings.reindex_interval)):
+        return {"skipped": "another tick holds the lock"}
+    actions: dict[str, list] = {"finished": [], "started": [], "running": []}
+    client = connect(settings)
+    try:
+        for alias in client.get_aliases().aliases:
+            state = store.reindex_state(alias.alias_name)
+            if state and state.get("job"):
+                if store.status(state["job"])["state"] == "done":
+                    actions["finished"].append(finish(settings, client, store, alias.alias_name)["live"])
+                else:
+                    actions["running"].append(alias.alias_name)
+        for collection, bundle in pending_reindexes(settings, client):
+            if store.reindex_state(collection) is None:
+                actions["started"].append(start(settings, client, store, collection, str(bundle))["target"])
+    finally:
+        client.close()
+        store.unlock("reindex-tick")
+    return actions
 
 
 def worker_argv(pool: str, concurrency: int, loglevel: str = "INFO") -> list[str]:

@@ -142,7 +142,8 @@ class Ingestor:
         own = client is None
         client = client or connect(settings or self.settings)
         try:
-            physical = ensure_collection(client, collection, self.bundle)
+            cfg = settings or self.settings
+            physical = ensure_collection(client, collection, self.bundle, cfg.shards or None, cfg.replication or None)
             outcomes, points = [], []
             for item in items:
                 outcome, pts = self.prepare(item, client, physical)
@@ -183,10 +184,19 @@ def ingestor_for(bundle_path: str, settings: Settings) -> Ingestor:
 
 
 def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_path: str, store: JobStore,
-                  settings: Settings) -> list[FileOutcome]:
-    """One attempt at a batch: records every file's outcome; transient Qdrant errors propagate."""
+                  settings: Settings, client=None) -> list[FileOutcome]:
+    """One attempt at a batch: records every file's outcome; transient Qdrant errors propagate.
+
+    While a re-index of the collection runs, the batch is also written with the incoming bundle, so files
+    ingested meanwhile end up in both collections.
+    """
     ingestor = ingestor_for(bundle_path, settings)
-    outcomes = ingestor.ingest(items, collection, settings)
+    outcomes = ingestor.ingest(items, collection, settings, client)
+    reindex = store.reindex_state(collection)
+    if reindex and reindex.get("bundle") and reindex["bundle"] != bundle_path:
+        ok = [i for i, o in zip(items, outcomes, strict=True) if o.status != "failed"]
+        if ok:
+            ingestor_for(reindex["bundle"], settings).ingest(ok, collection, settings, client)
     meta = {i.path: i.meta for i in items}
     for outcome in outcomes:
         store.record(job_id, outcome.path, outcome.status, outcome.reason)
@@ -211,13 +221,13 @@ def give_up(job_id: str, items: Sequence[Item], collection: str, bundle_path: st
 
 
 def run_inline(job_id: str, batches: Sequence[Sequence[Item]], collection: str, bundle_path: str, store: JobStore,
-               settings: Settings, on_batch=None) -> None:
+               settings: Settings, on_batch=None, client=None) -> None:
     """The in-process worker: the same batches, with the same retry policy as the Celery task."""
     for batch in batches:
         attempt = 0
         while True:
             try:
-                process_batch(job_id, batch, collection, bundle_path, store, settings)
+                process_batch(job_id, batch, collection, bundle_path, store, settings, client)
                 break
             except Exception as exc:
                 if is_transient(exc) and attempt < settings.max_retries:

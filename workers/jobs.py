@@ -44,6 +44,8 @@ class JobStore(Protocol):
     def dead_letters(self) -> list[dict[str, Any]]: ...
     def clear_dead_letters(self, ids: set[str]) -> None: ...
     def count_delivery(self, key: str) -> int: ...
+    def set_reindex(self, collection: str, state: dict[str, Any] | None) -> None: ...
+    def reindex_state(self, collection: str) -> dict[str, Any] | None: ...
 
 
 def dead_letter_entry(job_id: str, path: str, reason: str, collection: str, bundle: str,
@@ -94,6 +96,23 @@ class RedisJobStore:
     def clear_dead_letters(self, ids: set[str]) -> None:
         if ids:
             self.redis.hdel(self._k("deadletter"), *ids)
+
+    def set_reindex(self, collection: str, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.redis.delete(self._k("reindex", collection))
+        else:
+            self.redis.set(self._k("reindex", collection), json.dumps(state))
+
+    def reindex_state(self, collection: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._k("reindex", collection))
+        return json.loads(raw) if raw else None
+
+    def lock(self, name: str, seconds: int) -> bool:
+        """A single-flight lock that expires by itself (a crashed holder never blocks for long)."""
+        return bool(self.redis.set(self._k("lock", name), "1", nx=True, ex=seconds))
+
+    def unlock(self, name: str) -> None:
+        self.redis.delete(self._k("lock", name))
 
     def count_delivery(self, key: str) -> int:
         name = self._k("deliveries", key)
@@ -157,6 +176,27 @@ class FileJobStore:
         for i in ids:
             data.pop(i, None)
         self._write(self.root / "deadletter.json", data)
+
+    def set_reindex(self, collection: str, state: dict[str, Any] | None) -> None:
+        data = self._read(self.root / "reindex.json", {})
+        if state is None:
+            data.pop(collection, None)
+        else:
+            data[collection] = state
+        self._write(self.root / "reindex.json", data)
+
+    def reindex_state(self, collection: str) -> dict[str, Any] | None:
+        return self._read(self.root / "reindex.json", {}).get(collection)
+
+    def lock(self, name: str, seconds: int) -> bool:
+        path = self.root / f"lock-{name}"
+        if path.exists() and time.time() - path.stat().st_mtime < seconds:
+            return False
+        path.write_text(str(time.time()))
+        return True
+
+    def unlock(self, name: str) -> None:
+        (self.root / f"lock-{name}").unlink(missing_ok=True)
 
     def count_delivery(self, key: str) -> int:
         counts = self._read(self.root / "deliveries.json", {})

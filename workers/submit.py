@@ -18,7 +18,7 @@ def batches_of(items: Sequence[Item], size: int) -> list[list[Item]]:
 
 def submit_job(settings: Settings, items: Sequence[Item], collection: str, bundle_path: str,
                on_batch: Callable[[], None] | None = None,
-               on_created: Callable[[str, JobStore], None] | None = None) -> tuple[str, JobStore]:
+               on_created: Callable[[str, JobStore], None] | None = None, client=None) -> tuple[str, JobStore]:
     """Create a job and hand its batches to the broker, or run them here when no broker is configured."""
     store = job_store(settings)
     job_id = new_job_id()
@@ -33,7 +33,7 @@ def submit_job(settings: Settings, items: Sequence[Item], collection: str, bundl
         for batch in batches:
             app.ingest_batch.apply_async(args=(job_id, [i.to_json() for i in batch], collection, bundle_path))
     else:
-        run_inline(job_id, batches, collection, bundle_path, store, settings, on_batch=on_batch)
+        run_inline(job_id, batches, collection, bundle_path, store, settings, on_batch=on_batch, client=client)
     return job_id, store
 
 

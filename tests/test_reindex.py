@@ -1,0 +1,165 @@
+"""Re-indexing: queries keep answering through the switch, rollback, crash safety, the beat tick."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hark.bundle import Bundle  # noqa: E402
+from hark.plugin.search import AudioSearch  # noqa: E402
+from hark.plugin.store import connect, resolve_collection  # noqa: E402
+from hark.registry import register  # noqa: E402
+from hark.settings import Settings  # noqa: E402
+from hark.workers.ingest import Item, collect_files  # noqa: E402
+from hark.workers.jobs import FileJobStore  # noqa: E402
+from hark.workers.reindex import ReindexError, reindex, rollback  # noqa: E402
+from hark.workers.submit import submit_job, wait_for  # noqa: E402
+
+
+class Serialized:
+    """One client shared by threads: the embedded engine takes one call at a time."""
+
+    def __init__(self, client) -> None:
+        self._client, self._lock = client, threading.Lock()
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+        return call
+
+
+@pytest.fixture(scope="module")
+def second_bundle(trained_run, tmp_path_factory):
+    """Another model version: the trained model with its projections nudged."""
+    from hark.exporters.onnx_export import export_bundle
+    from hark.training.model import load_checkpoint
+
+    model, payload = load_checkpoint(trained_run[0] / "best.pt")
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.cosine.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    payload["model"] = model.state_dict()
+    tmp = tmp_path_factory.mktemp("v2")
+    torch.save(payload, tmp / "v2.pt")
+    return export_bundle(tmp / "v2.pt", tmp / "bundle")
+
+
+def _setup(tmp: Path, corpus: Path, first: Path, second: Path) -> tuple[Settings, str, str]:
+    settings = Settings.load(tmp / "none.toml", env={
+        "HARK_QDRANT_PATH": str(tmp / "qdrant"), "HARK_STATE_DIR": str(tmp / "state"), "HARK_DEVICE": "cpu",
+        "HARK_MODELS_DIR": str(tmp / "models"), "HARK_COLLECTION": "sounds", "HARK_BATCH_FILES": "3"})
+    old = register(settings, first)
+    time.sleep(1.1)  # registry order is by creation time, in seconds
+    new = register(settings, second)
+    return settings, str(old), str(new)
+
+
+def test_reindex_while_queries_run_then_rollback(bundle_dir, second_bundle, corpus, tmp_path):
+    settings, old, new = _setup(tmp_path, corpus, bundle_dir, second_bundle)
+    old_v, new_v = Bundle.load(old).version, Bundle.load(new).version
+    client = Serialized(connect(settings))
+    store = FileJobStore(settings.state_dir)
+    files = collect_files([corpus / "evaluation"])
+    job, _ = submit_job(settings, [Item(f) for f in files], "sounds", old, client=client)
+    assert wait_for(store, job, timeout=5)["ingested"] == len(files) - 0
+    search = AudioSearch(client, old, "sounds", "cpu", registry=settings)
+    answered, errors, stop = [], [], threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            try:
+                hits = search.search("a dog barks while rain falls", limit=5)
+                answered.append({h.payload["model_version"] for h in hits})
+            except Exception as exc:  # any failure is what this test looks for
+                errors.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    try:
+        report = reindex(settings, store, "sounds", new_v, client=client, timeout=300)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not errors, errors[:3]
+    assert len(answered) >= 3 and all(len(v) == 1 and v <= {old_v, new_v} for v in answered)
+    assert report["live"] == f"sounds__{new_v}" and report["stored"] == report["expected"] == len(files)
+    assert report["recomputed"] >= 1
+    assert resolve_collection(client, "sounds") == f"sounds__{new_v}"
+    after = search.search("a bell rings", limit=10)
+    assert {h.payload["model_version"] for h in after} == {new_v}
+    assert search.bundle.version == new_v  # the facade followed the alias to the new model
+
+    back = rollback(settings, client, "sounds")
+    assert back["live"] == f"sounds__{old_v}"
+    assert {h.payload["model_version"] for h in search.search("a bell rings", limit=5)} == {old_v}
+    with pytest.raises(ReindexError, match="already serves"):
+        reindex(settings, store, "sounds", old_v, client=client)
+    client.close()
+
+
+def test_killed_reindex_leaves_the_alias_and_a_rerun_completes(bundle_dir, second_bundle, corpus, tmp_path):
+    settings, old, new = _setup(tmp_path, corpus, bundle_dir, second_bundle)
+    old_v, new_v = Bundle.load(old).version, Bundle.load(new).version
+    store = FileJobStore(settings.state_dir)
+    files = collect_files([corpus / "evaluation"])
+    job, _ = submit_job(settings, [Item(f) for f in files], "sounds", old)
+    wait_for(store, job, timeout=5)
+    env = {**os.environ, "HARK_QDRANT_PATH": settings.qdrant_path, "HARK_STATE_DIR": settings.state_dir,
+           "HARK_MODELS_DIR": settings.models_dir, "HARK_DEVICE": "cpu", "HARK_BATCH_FILES": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "hark.cli", "reindex", "--collection", "sounds", "--bundle", new_v],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = store.reindex_state("sounds")
+        if state and state.get("job"):
+            try:
+                if store.status(state["job"])["ingested"] >= 2:
+                    break
+            except (KeyError, ValueError):
+                pass
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    client = connect(settings)
+    try:
+        assert resolve_collection(client, "sounds") == f"sounds__{old_v}"
+    finally:
+        client.close()
+    report = reindex(settings, store, "sounds", new_v, timeout=300)
+    assert report["live"] == f"sounds__{new_v}" and report["stored"] == len(files)
+    assert store.reindex_state("sounds") is None
+
+
+def test_beat_tick_starts_and_finishes_a_reindex(bundle_dir, second_bundle, corpus, tmp_path):
+    from hark.workers.app import make_app, run_tick
+
+    settings, old, new = _setup(tmp_path, corpus, bundle_dir, second_bundle)
+    new_v = Bundle.load(new).version
+    store = FileJobStore(settings.state_dir)
+    job, _ = submit_job(settings, [Item(f) for f in collect_files([corpus / "evaluation"])[:6]], "sounds", old)
+    wait_for(store, job, timeout=5)
+    first = run_tick(settings)  # no broker: the started job runs in this process
+    assert first["started"] == [f"sounds__{new_v}"]
+    second = run_tick(settings)
+    assert second["finished"] == [f"sounds__{new_v}"]
+    assert run_tick(settings) == {"finished": [], "started": [], "running": []}
+    # The schedule's entries expire after one interval, so missed ticks never pile up.
+    entry = make_app(settings).conf.beat_schedule["hark-reindex"]
+    assert entry["options"]["expires"] == entry["schedule"] == float(settings.reindex_interval)
+    assert store.lock("reindex-tick", 60) and not store.lock("reindex-tick", 60)
