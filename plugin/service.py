@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -237,6 +239,36 @@ def create_app(settings: Settings | None = None, bundle: Bundle | str | None = N
                                        candidates=body.candidates, rerank=body.rerank,
                                        group_by_source=body.group_by_source, collection=collection)
         return {"hits": [h.to_dict() for h in hits[0]], "timings_ms": service.search.last_times.as_ms()}
+
+    # -- the search page and the audio it plays -------------------------------------------------------
+    page = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+
+    @app.get("/ui", response_class=HTMLResponse, tags=["page"], summary="search page")
+    def ui() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/audio/{point_id}", tags=["page"], summary="the source recording of a stored point")
+    def audio(point_id: str, collection: str | None = None):
+        """Streams a point's source file when this server can read it (range requests for seeking).
+
+        Only files recorded in the collection's payloads are served, never arbitrary paths."""
+        name = collection or settings.collection
+        with service.lock:
+            physical = resolve_collection(service.client, name)
+            if not service.client.collection_exists(physical):
+                return JSONResponse({"detail": f"collection '{name}' not found"}, status_code=404)
+            try:
+                records = service.client.retrieve(physical, [_point_id(point_id)], with_payload=["source_uri"])
+            except (ValueError, TypeError):
+                records = []
+        if not records:
+            return JSONResponse({"detail": f"no point {point_id} in '{name}'"}, status_code=404)
+        source = (records[0].payload or {}).get("source_uri", "")
+        path = Path(source.removeprefix("file://"))
+        if not path.is_file():
+            return JSONResponse({"detail": f"the source {source} is not readable by this server"}, status_code=404)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
 
     # -- Qdrant's external inference protocol -------------------------------------------------------
     async def infer(request: Request):

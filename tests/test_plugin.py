@@ -44,6 +44,13 @@ def served(bundle_dir, corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
     settings = _settings(tmp)
     _ingest(settings, corpus, bundle_dir)
+    # A long recording: its 30 s windows are points of their own, played from their offset.
+    from hark.synth import make_clip, write_audio
+
+    long_file = write_audio(tmp / "long field recording.wav", make_clip(np.random.default_rng(3), 70.0, 32000)[0],
+                            32000, 1)
+    job, store = submit_job(settings, [Item(str(long_file), {"half": "long"})], "sounds", str(bundle_dir))
+    assert wait_for(store, job, timeout=5)["ingested"] == 1
     client = connect(settings)
     app = create_app(settings, str(bundle_dir), client=client)
     with socket.socket() as sock:
@@ -61,6 +68,68 @@ def served(bundle_dir, corpus, tmp_path_factory):
     server.should_exit = True
     thread.join(timeout=10)
     client.close()
+
+
+def _chromium() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Chromium is not installed (scripts/test.sh installs it where apt-get is available)")
+    return path
+
+
+def test_search_page_in_headless_chromium(served):
+    """Type a query, see ranked hits with score parts, and the first player loads its audio."""
+    pw = pytest.importorskip("playwright.sync_api")
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(served["url"] + "/ui")
+            page.fill("#q", "a dog barks while rain falls")
+            page.click("button[type=submit]")
+            page.wait_for_selector(".hit")
+            assert page.locator(".hit").count() == 10
+            assert "attention" in page.locator(".hit .parts").first.inner_text()
+            page.wait_for_function("document.querySelector('audio').readyState >= 1", timeout=20000)
+            duration = page.evaluate("document.querySelector('audio').duration")
+            first_id = page.evaluate("document.querySelector('audio').src").rsplit("/", 1)[1].split("#")[0]
+            with served["service"].lock:
+                payload = served["client"].retrieve(served["client"].get_aliases().aliases[0].collection_name,
+                                                    [first_id])[0].payload
+            assert duration == pytest.approx(payload["duration"], abs=0.1)
+            # Windows of a long recording play from their offset.
+            page.fill("#filter", json.dumps({"must": [{"key": "meta.half", "match": {"value": "long"}}]}))
+            page.click("button[type=submit]")
+            page.wait_for_function("document.querySelectorAll('.hit').length === 3")
+            sources = page.eval_on_selector_all("audio", "els => els.map(e => e.src)")
+            assert sorted(s.split("#t=")[1] for s in sources if "#t=" in s) == ["30", "60"]
+            assert "@ 30 s" in page.locator(".hit .title").all_inner_texts()[0] + "".join(
+                page.locator(".hit .title").all_inner_texts())
+            # A malformed filter is reported on the page, not thrown.
+            page.fill("#filter", '{"must": [{"kee": 1}]}')
+            page.click("button[type=submit]")
+            page.wait_for_function("document.getElementById('status').textContent.length > 0")
+            assert "filter" in page.inner_text("#status")
+        finally:
+            browser.close()
+
+
+def test_audio_route_serves_only_recorded_sources(served):
+    import httpx
+
+    with served["service"].lock:
+        physical = served["client"].get_aliases().aliases[0].collection_name
+        point = served["client"].scroll(physical, limit=1, with_payload=True)[0][0]
+    response = httpx.get(f"{served['url']}/audio/{point.id}", headers={"range": "bytes=0-99"})
+    assert response.status_code == 206 and len(response.content) == 100
+    assert httpx.get(f"{served['url']}/audio/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert httpx.get(f"{served['url']}/audio/not-a-point-id").status_code == 404
+    traversal = httpx.get(f"{served['url']}/audio/..%2F..%2Fetc%2Fpasswd")
+    assert traversal.status_code in {404, 501} and "root:" not in traversal.text
 
 
 def _captions(corpus: Path) -> list[tuple[str, str]]:
