@@ -101,29 +101,11 @@ class Reranker:
         self.session = bundle.session("rerank", device)
         self.max_segments = bundle.max_segments
 
-    def pack(self, candidates: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates' multivectors (M_i rows each) -> [K, max_segments, row] and segment mask [K, M]."""
-        width = candidates[0].shape[1]
-        rows = np.zeros((len(candidates), self.max_segments, width), dtype=np.float32)
-        mask = np.zeros((len(candidates), self.max_segments), dtype=np.float32)
-        for i, c in enumerate(candidates):
-            count = min(len(c), self.max_segments)
-            rows[i, :count] = c[:count]
-            mask[i, :count] = 1
-        return rows, mask
-
     def score(self, tokens: np.ndarray, token_mask: np.ndarray, candidates: Sequence[np.ndarray]) -> np.ndarray:
         """One query ([L, Dt] tokens) against its candidates -> [K] attention scores."""
         if not candidates:
             return np.zeros(0, dtype=np.float32)
-        rows, mask = self.pack(candidates)
-        out = self.session.run(None, {
-            "tokens": tokens[None].astype(np.float32),
-            "token_mask": token_mask[None].astype(np.float32),
-            "rows": rows[None],
-            "segment_mask": mask[None],
-        })[0]
-        return out[0]
+        return self.score_batch(tokens[None], token_mask[None], [list(candidates)])[0]
 
     def score_batch(self, tokens: np.ndarray, token_mask: np.ndarray,
                     candidates: Sequence[Sequence[np.ndarray | None]]) -> list[np.ndarray]:
