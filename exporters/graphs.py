@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from hark.training.frontend import MelFrontEnd
+from hark.training.heads import safe_cosine, token_mean
 from hark.training.model import RetrievalModel
 from hark.training.towers import PASST_FRAMES
 
@@ -113,9 +114,8 @@ class RerankGraph(nn.Module):
         num = (att * prod[:, :, :, h:]).sum((-1, -2)) + (zc + h * ts["e"])[:, None, :]
         p = att.transpose(-1, -2).reshape(b, k, n, m * h)
         norm2 = (torch.matmul(p, gram) * p).sum(-1)
-        cos = num / (ts["xnorm"][:, None, :].clamp_min(1e-8) * norm2.clamp_min(0).sqrt().clamp_min(1e-8))
-        valid = ts["mask"][:, None, :]
-        return (cos * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+        cos = safe_cosine(num, ts["xnorm"][:, None, :], norm2.clamp_min(0).sqrt())
+        return token_mean(cos, ts["mask"][:, None, :])
 
 
 class LiteralRerankGraph(nn.Module):

@@ -66,8 +66,3 @@ def _driver_present() -> bool:
     except OSError:
         return False
     return True
-
-
-def active_providers() -> dict[str, list[str]]:
-    """What each device setting resolved to in this process (for health endpoints and logs)."""
-    return dict(_resolved)

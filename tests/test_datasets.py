@@ -21,7 +21,6 @@ from hark.training.data.formats import (
     discover,
     load_audiocaps,
     load_clotho,
-    load_relevance,
     load_tacos,
     load_wavcaps,
 )
@@ -263,12 +262,14 @@ def test_discover_errors(tmp_path, mixed_root):
 
 def test_relevance_file(clotho_root, tmp_path):
     root, summary = clotho_root
-    relevance = load_relevance(root / "relevance_evaluation.csv")
+    from hark.training.metrics import MetricsInputError, read_relevance
+
+    relevance = read_relevance(root / "relevance_evaluation.csv")
     assert set().union(*relevance.values()) == set(summary["splits"]["evaluation"]["files"])
     bad = tmp_path / "rel.csv"
     bad.write_text("query,audio_filenames\nq1,\"['a.wav']\"\nq2,[a.wav\n")
-    with pytest.raises(DatasetError, match=r"rel\.csv: line 3"):
-        load_relevance(bad)
+    with pytest.raises(MetricsInputError, match=r"rel\.csv, line 3"):
+        read_relevance(bad)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the last axis of the positions the mask marks valid (eq. 7's 1/N sum over real tokens)."""
+    return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
 def safe_cosine(dot: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
     return dot / (norm_a.clamp_min(EPS) * norm_b.clamp_min(EPS))
 
@@ -98,8 +103,7 @@ class CrossModalAttentionHead(nn.Module):
         H = self.wo(multihead)
         X = text if self.compare_to == "text" else Q
         cos = safe_cosine((X * H).sum(-1), X.norm(dim=-1), H.norm(dim=-1))
-        valid = text_mask.to(cos.dtype)
-        return (cos * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+        return token_mean(cos, text_mask.to(cos.dtype))
 
     # -- folded evaluation -------------------------------------------------------------------------
     def _bias_share(self) -> torch.Tensor:
@@ -138,5 +142,4 @@ class CrossModalAttentionHead(nn.Module):
         p = att.transpose(-1, -2).flatten(-2)  # [T, A, N, M*h], index m*h + i
         norm2 = torch.einsum("tanp,apq,tanq->tan", p, aus["gram"], p)
         cos = safe_cosine(num, ts["xnorm"][:, None, :], norm2.clamp_min(0).sqrt())
-        valid = ts["mask"][:, None, :]
-        return (cos * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+        return token_mean(cos, ts["mask"][:, None, :])

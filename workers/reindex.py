@@ -35,7 +35,7 @@ class ReindexError(HarkError):
 
 
 def versions_of(client, collection: str) -> list[str]:
-    """Versions that have a physical collection for this alias, in registry order where known."""
+    """Versions that have a physical collection for this alias (unordered; callers sort by registry)."""
     prefix = f"{collection}__"
     return [c.name[len(prefix):] for c in client.get_collections().collections if c.name.startswith(prefix)]
 

@@ -21,7 +21,6 @@ Layouts (as released):
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
@@ -494,21 +493,6 @@ def load_tacos(
 
 # ---------------------------------------------------------------------------------------------------
 # DCASE 2025 relevance judgements
-
-
-def load_relevance(path: str | Path) -> dict[str, tuple[str, ...]]:
-    """`query,audio_filenames` CSV whose second column is a Python list literal -> {query: files}."""
-    path = Path(path)
-    relevance: dict[str, tuple[str, ...]] = {}
-    for line, row in read_csv(path, ["query", "audio_filenames"]):
-        try:
-            files = ast.literal_eval(row["audio_filenames"].strip())
-        except (ValueError, SyntaxError):
-            raise DatasetError(f"{path}: line {line}: audio_filenames is not a Python list literal") from None
-        if not isinstance(files, list | tuple) or not all(isinstance(f, str) for f in files):
-            raise DatasetError(f"{path}: line {line}: audio_filenames must be a list of file names")
-        relevance.setdefault(row["query"].strip(), tuple(files))
-    return relevance
 
 
 # ---------------------------------------------------------------------------------------------------
