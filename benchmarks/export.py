@@ -95,7 +95,7 @@ def main() -> None:
             export_s = time.perf_counter() - started
             bundle = Bundle.load(out)
             row = {"exporter": exporter, "export_s": round(export_s, 1),
-                   "graph_export_s": bundle.manifest["export"]["seconds"], "parity": bundle.manifest["parity"]}
+                   "graph_export_s": bundle.manifest.export["seconds"], "parity": bundle.manifest.parity}
             for graph, feed in (("audio", {"segments": segment.numpy()}),
                                 ("text", {"input_ids": ids, "attention_mask": mask})):
                 for precision in ("fp32", "int8"):

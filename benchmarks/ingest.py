@@ -24,10 +24,10 @@ import torch
 
 from hark.audio import decode_audio
 from hark.bundle import Bundle
+from hark.demo.synth import make_clip, write_audio
 from hark.exporters.onnx_export import export_bundle
-from hark.plugin.models import AudioEncoder
+from hark.plugin.encoders import AudioEncoder
 from hark.settings import Settings
-from hark.synth import make_clip, write_audio
 from hark.text import train_bpe_tokenizer
 from hark.training.config import load_config
 from hark.training.model import RetrievalModel

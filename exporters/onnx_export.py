@@ -16,8 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from hark.bundle import FORMAT_VERSION, MANIFEST, sha256_file
+from hark.bundle import MANIFEST, sha256_file
 from hark.errors import HarkError
+from hark.manifest import (
+    NORMALIZATION_PROBE,
+    AttentionHead,
+    AudioFrontEnd,
+    GraphEntry,
+    Heads,
+    Manifest,
+    ModelInfo,
+    TextFrontEnd,
+    VectorSpec,
+)
 from hark.text import normalize_caption
 from hark.training.model import RetrievalModel, load_checkpoint
 
@@ -159,12 +170,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    log.info("bundle %s written to %s", manifest["model"]["version"], out)
+    log.info("bundle %s written to %s", manifest.model.version, out)
     return out
 
 
 def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, precision: str,
-                  exporter: str) -> dict[str, Any]:
+                  exporter: str) -> Manifest:
     inputs = _example_inputs(model)
     graphs: dict[str, dict[str, Any]] = {}
     parity: dict[str, dict[str, float]] = {}
@@ -198,37 +209,37 @@ def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, pr
     cfg = model.cfg
     files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file()}
     version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
-    heads: dict[str, Any] = {"fusion": {"cosine": cfg.heads.fusion_cosine}}
-    heads["cosine"] = {"dim": cfg.heads.dim}
-    vectors: dict[str, Any] = {"global": {"size": cfg.heads.dim, "distance": "Cosine"}}
+    fusion = {"cosine": cfg.heads.fusion_cosine}
+    vectors = {"global": VectorSpec("global", cfg.heads.dim, "Cosine")}
+    attention = None
     if model.attention is not None:
-        heads["attention"] = {"variant": cfg.heads.attention, "heads": cfg.heads.attention_heads,
-                              "dim": cfg.heads.dim, "compare_to": cfg.heads.compare_to}
-        heads["fusion"]["attention"] = cfg.heads.fusion_attention
-        vectors["tokens"] = {"size": row_size(model.audio.dim, cfg.heads.attention_heads, cfg.audio.max_segments),
-                             "distance": "Dot", "multivector": True, "hnsw_m": 0, "datatype": "float16",
-                             "on_disk": True}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "model": {"name": cfg.name, "version": version},
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "training": {"config": cfg.to_dict(), "epoch": payload.get("epoch"), "best": payload.get("best")},
-        "audio": {"sample_rate": cfg.audio.sample_rate, "n_mels": cfg.audio.n_mels, "n_fft": cfg.audio.n_fft,
-                  "win_length": cfg.audio.win_length, "hop_length": cfg.audio.hop_length,
-                  "fmin": cfg.audio.fmin, "fmax": cfg.audio.fmax, "segment_seconds": cfg.audio.segment_seconds,
-                  "max_segments": cfg.audio.max_segments,
-                  "window_seconds": cfg.audio.segment_seconds * cfg.audio.max_segments,
-                  "embedding_dim": model.audio.dim},
-        "text": {"tokenizer": "tokenizer.json", "max_tokens": cfg.text.max_tokens, "lowercase": True,
-                 "strip_punctuation": True, "embedding_dim": model.text.dim,
-                 "normalization_check": normalize_caption("A Dog, barking!")},
-        "vectors": vectors,
-        "heads": heads,
-        "graphs": graphs,
-        "parity": parity,
-        "export": {"exporter": exporter, "opset": OPSET if exporter != "dynamo" else max(OPSET, 18),
-                   "seconds": timings, "torch": torch.__version__},
-        "files": files,
-    }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        attention = AttentionHead(variant=cfg.heads.attention, heads=cfg.heads.attention_heads, dim=cfg.heads.dim,
+                                  compare_to=cfg.heads.compare_to)
+        fusion["attention"] = cfg.heads.fusion_attention
+        # float32: the Gram rows of the folded clip tensors overflow float16 (see manifest.VectorSpec).
+        vectors["tokens"] = VectorSpec("tokens", row_size(model.audio.dim, cfg.heads.attention_heads,
+                                                          cfg.audio.max_segments),
+                                       "Dot", multivector=True, hnsw_m=0, datatype="float32", on_disk=True)
+    manifest = Manifest(
+        model=ModelInfo(name=cfg.name, version=version),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        training={"config": cfg.to_dict(), "epoch": payload.get("epoch"), "best": payload.get("best")},
+        audio=AudioFrontEnd(sample_rate=cfg.audio.sample_rate, n_mels=cfg.audio.n_mels, n_fft=cfg.audio.n_fft,
+                            win_length=cfg.audio.win_length, hop_length=cfg.audio.hop_length,
+                            fmin=cfg.audio.fmin, fmax=cfg.audio.fmax, segment_seconds=cfg.audio.segment_seconds,
+                            max_segments=cfg.audio.max_segments,
+                            window_seconds=cfg.audio.segment_seconds * cfg.audio.max_segments,
+                            embedding_dim=model.audio.dim),
+        text=TextFrontEnd(tokenizer="tokenizer.json", max_tokens=cfg.text.max_tokens, lowercase=True,
+                          strip_punctuation=True, embedding_dim=model.text.dim,
+                          normalization_check=normalize_caption(NORMALIZATION_PROBE)),
+        vectors=vectors,
+        heads=Heads(fusion=fusion, cosine={"dim": cfg.heads.dim}, attention=attention),
+        graphs={name: GraphEntry(**entry) for name, entry in graphs.items()},
+        parity=parity,
+        export={"exporter": exporter, "opset": OPSET if exporter != "dynamo" else max(OPSET, 18),
+                "seconds": timings, "torch": torch.__version__},
+        files=files,
+    )
+    (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
     return manifest

@@ -14,28 +14,34 @@ anything unusable raises `AudioDecodeError` with a reason a person can act on.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from hark.errors import HarkError
+
 SAMPLE_RATE = 32000
+log = logging.getLogger(__name__)
 
 # A decode shorter than this fraction of the declared length is treated as truncated. Codec priming and
 # padding move the count by a few milliseconds, never by 10 %.
 MIN_DECLARED_FRACTION = 0.9
 
 _HEAD_BYTES = 65536
+# An Ogg page is at most 27 + 255 + 255 * 255 bytes: the last one lies in this many bytes from the end.
+_OGG_TAIL_BYTES = 66000
 # libsndfile reports this (or -1) when it cannot know the length up front.
 _UNKNOWN_FRAMES = (1 << 62) - 1
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(HarkError, ValueError):
     """A file (or buffer) that cannot be turned into usable audio; `reason` says why in plain words."""
 
     def __init__(self, source: str, reason: str) -> None:
@@ -46,14 +52,6 @@ class AudioDecodeError(ValueError):
     def __reduce__(self):
         # Rebuild from both fields: worker processes and task queues ship exceptions by pickling.
         return (type(self), (self.source, self.reason))
-
-
-@dataclass
-class _Decoded:
-    samples: np.ndarray  # [frames, channels] float32
-    sample_rate: int
-    declared_frames: int | None  # what the header promises, when it promises anything
-    backend: str
 
 
 class _BackendError(Exception):
@@ -145,88 +143,6 @@ def _riff_declared_frames(head: bytes) -> int | None:
     return None
 
 
-def _decode_soundfile(source: Source) -> _Decoded:
-    declared = None
-    rate = None
-    try:
-        with sf.SoundFile(_open_arg(source)) as handle:
-            rate = int(handle.samplerate)
-            if 0 < handle.frames < _UNKNOWN_FRAMES:
-                declared = int(handle.frames)
-            samples = handle.read(dtype="float32", always_2d=True)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _BackendError(_clean_reason(exc), declared, rate) from exc
-    return _Decoded(samples, rate, declared, "libsndfile")
-
-
-def _decode_pyav(source: Source, hint: _BackendError | None) -> _Decoded:
-    import av  # imported lazily: most files never need FFmpeg
-
-    try:
-        container = av.open(_open_arg(source), mode="r")
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _BackendError(_clean_reason(exc)) from exc
-    chunks: list[np.ndarray] = []
-    rate = None
-    header_rate = None
-    declared_seconds = None
-    failure: Exception | None = None
-    try:
-        streams = container.streams.audio
-        if not streams:
-            raise _BackendError("the file has no audio stream")
-        stream = streams[0]
-        header_rate = stream.rate or stream.codec_context.sample_rate or None
-        if stream.duration and stream.time_base:
-            declared_seconds = float(stream.duration * stream.time_base)
-        elif container.duration:
-            declared_seconds = container.duration / av.time_base
-        # Convert whatever sample format the codec emits (s16, s32p, fltp, ...) to planar float32; layout
-        # and rate stay as the first frame has them.
-        resampler = av.AudioResampler(format="fltp")
-        try:
-            for frame in container.decode(stream):
-                rate = rate or frame.sample_rate
-                for converted in resampler.resample(frame):
-                    chunks.append(converted.to_ndarray())
-            for converted in resampler.resample(None):
-                chunks.append(converted.to_ndarray())
-        except MemoryError:
-            raise
-        except Exception as exc:
-            failure = exc
-    except _BackendError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _BackendError(_clean_reason(exc)) from exc
-    finally:
-        container.close()
-
-    samples = (
-        np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False) if chunks else np.zeros((0, 1), np.float32)
-    )
-    rate = rate or header_rate or (hint.sample_rate if hint else None) or 0
-    declared = round(declared_seconds * rate) if declared_seconds and rate else None
-    if hint is not None and hint.declared_frames and hint.sample_rate == rate:
-        # libsndfile read the header before failing; its count is exact where FFmpeg's is an estimate.
-        declared = hint.declared_frames
-    if failure is not None:
-        decoded_s = len(samples) / rate if rate else 0.0
-        if not declared or len(samples) < MIN_DECLARED_FRACTION * declared:
-            of = f" of {declared / rate:.2f} s" if declared else ""
-            raise _BackendError(
-                f"corrupt or truncated data: decoding stopped at {decoded_s:.2f} s{of} ({_clean_reason(failure)})"
-            ) from failure
-        # The damage is confined to the tail; the rest is usable audio.
-    return _Decoded(samples, rate, declared, "ffmpeg")
-
-
 def _clean_reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     # Library messages carry errno codes and repeat the path we already print in front of the reason.
@@ -242,18 +158,16 @@ def _clean_reason(exc: BaseException) -> str:
     return text.rstrip(".")
 
 
-def _check_length(decoded: _Decoded, declared: int | None, label: str) -> None:
-    frames = len(decoded.samples)
+def _check_length(frames: int, rate: int, declared: int | None, label: str) -> None:
     if frames == 0:
         if declared:
             raise AudioDecodeError(
                 label,
                 f"no audio samples decoded although the header declares "
-                f"{declared / decoded.sample_rate:.2f} s; the file is probably truncated",
+                f"{declared / rate:.2f} s; the file is probably truncated",
             )
         raise AudioDecodeError(label, "no audio samples decoded (empty or 0-second audio)")
     if declared and frames < MIN_DECLARED_FRACTION * declared:
-        rate = decoded.sample_rate
         raise AudioDecodeError(
             label,
             f"decoded only {frames / rate:.2f} s but the header declares {declared / rate:.2f} s "
@@ -261,18 +175,139 @@ def _check_length(decoded: _Decoded, declared: int | None, label: str) -> None:
         )
 
 
-def _to_mono_resampled(decoded: _Decoded, sample_rate: int) -> np.ndarray:
-    mono = decoded.samples.mean(axis=1, dtype=np.float32) if decoded.samples.shape[1] > 1 else decoded.samples[:, 0]
-    if decoded.sample_rate != sample_rate:
-        mono = soxr.resample(mono, decoded.sample_rate, sample_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+def _ogg_tail_problem(source: Source, head: bytes) -> str | None:
+    """Why an Ogg stream is cut short, or None when it ends properly.
+
+    libsndfile and FFmpeg take an Ogg file's length from the granule position of its last page, so a cut
+    file decodes "successfully" to the cut. A complete stream ends exactly at the end of a page carrying the
+    end-of-stream flag; a cut one ends inside a page, or after a page without that flag.
+    """
+    if not head.startswith(b"OggS"):
+        return None
+    if isinstance(source, bytes | bytearray | memoryview):
+        tail = bytes(source[-_OGG_TAIL_BYTES:])
+    else:
+        with open(os.fspath(source), "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - _OGG_TAIL_BYTES))
+            tail = handle.read()
+    position = tail.rfind(b"OggS")
+    while position >= 0:
+        page = tail[position:]
+        if len(page) >= 27:
+            segments = page[26]
+            if len(page) >= 27 + segments:
+                body = sum(page[27 : 27 + segments])
+                if 27 + segments + body == len(page):
+                    if page[5] & 0x04:
+                        return None
+                    return "the Ogg stream has no end-of-stream page"
+        position = tail.rfind(b"OggS", 0, position)
+    return "the file ends inside an Ogg page"
 
 
-def decode_audio(source: Source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a file path or an in-memory file to 1-D float32 mono at `sample_rate`.
+class _MonoSink:
+    """Mixes blocks to mono and resamples them as a stream (soxr keeps its filter state across blocks)."""
 
-    Channels are averaged; resampling uses soxr at 'HQ' quality. Raises `AudioDecodeError` for missing,
-    empty, non-audio, truncated, zero-length or non-finite input, and never lets a library exception escape.
+    def __init__(self, rate: int, out_rate: int) -> None:
+        self.rate = rate
+        self.out_rate = out_rate
+        self.frames_in = 0
+        self.frames_out = 0
+        self._stream = soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ") \
+            if rate != out_rate else None
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """`block` is [frames, channels] float32; returns the mono output that is ready."""
+        self.frames_in += len(block)
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if self._stream is not None:
+            mono = self._stream.resample_chunk(mono, last=last)
+        self.frames_out += len(mono)
+        return mono
+
+
+def _finite(block: np.ndarray, label: str) -> np.ndarray:
+    if not np.isfinite(block).all():
+        raise AudioDecodeError(label, "the audio contains NaN or infinite sample values")
+    return block
+
+
+def _stream_soundfile(handle: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
+    """[frames, channels] blocks; a read error mid-file ends the stream (the length check judges it)."""
+    try:
+        # Plain reads, not `blocks()`: that one trusts the declared length and pads a truncated MP3.
+        while True:
+            block = handle.read(block_frames, dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            yield block
+    except MemoryError:
+        raise
+    except Exception as exc:
+        log.debug("libsndfile stopped mid-file: %s", exc)
+
+
+def _stream_pyav(source: Source, skip_frames: int, state: dict) -> Iterator[np.ndarray]:
+    """[frames, channels] blocks from FFmpeg after the first `skip_frames` frames.
+
+    `state` receives the rate, the declared length and a mid-stream failure, for the caller's checks.
+    """
+    import av  # imported lazily: most files never need FFmpeg
+
+    try:
+        container = av.open(_open_arg(source), mode="r")
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _BackendError(_clean_reason(exc)) from exc
+    try:
+        streams = container.streams.audio
+        if not streams:
+            raise _BackendError("the file has no audio stream")
+        stream = streams[0]
+        state["header_rate"] = stream.rate or stream.codec_context.sample_rate or None
+        if stream.duration and stream.time_base:
+            state["declared_seconds"] = float(stream.duration * stream.time_base)
+        elif container.duration:
+            state["declared_seconds"] = container.duration / av.time_base
+        # Any sample format the codec emits (s16, s32p, fltp, ...) becomes planar float32.
+        resampler = av.AudioResampler(format="fltp")
+        seen = 0
+
+        def emit(frames):
+            nonlocal seen
+            for converted in frames:
+                planes = converted.to_ndarray()
+                start = max(0, skip_frames - seen)
+                seen += planes.shape[1]
+                if start < planes.shape[1]:
+                    yield np.ascontiguousarray(planes[:, start:].T, dtype=np.float32)
+
+        try:
+            for frame in container.decode(stream):
+                state["rate"] = state.get("rate") or frame.sample_rate
+                yield from emit(resampler.resample(frame))
+            yield from emit(resampler.resample(None))
+        except (MemoryError, AudioDecodeError, GeneratorExit):
+            raise
+        except Exception as exc:
+            state["failure"] = exc
+    except (_BackendError, MemoryError, AudioDecodeError, GeneratorExit):
+        raise
+    except Exception as exc:
+        raise _BackendError(_clean_reason(exc)) from exc
+    finally:
+        container.close()
+
+
+def iter_audio(source: Source, sample_rate: int = SAMPLE_RATE, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """Decode a file path or an in-memory file as a stream of 1-D float32 mono blocks at `sample_rate`.
+
+    Memory is bounded by the block length, not the recording's. Checks as `decode_audio`; a file that turns
+    out truncated raises `AudioDecodeError` at the end of the stream (after the blocks decoded before the
+    cut), so a caller must not commit anything before the generator is exhausted.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -281,47 +316,91 @@ def decode_audio(source: Source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     text_kind = _text_kind(head)
     if text_kind is not None:
         raise AudioDecodeError(label, f"not an audio file: the content is {text_kind}")
+    ogg_problem = _ogg_tail_problem(source, head)
+    if ogg_problem is not None:
+        raise AudioDecodeError(label, f"truncated: {ogg_problem}; the file was cut short")
     riff_declared = _riff_declared_frames(head)
 
+    handle = None
+    sf_failure = None
     try:
-        decoded = _decode_soundfile(source)
-    except _BackendError as sf_failure:
-        try:
-            decoded = _decode_pyav(source, hint=sf_failure)
-        except _BackendError as av_failure:
-            if av_failure.reason.startswith("corrupt or truncated"):
-                # FFmpeg recognised the format and got partway: that is the more useful story.
-                reason = f"{av_failure.reason}; libsndfile: {sf_failure.reason}"
-            else:
-                reason = (
-                    f"unrecognised format or corrupt data (FFmpeg: {av_failure.reason}; "
-                    f"libsndfile: {sf_failure.reason})"
-                )
-            raise AudioDecodeError(label, reason) from None
-    else:
-        declared = max(filter(None, (decoded.declared_frames, riff_declared)), default=None)
-        if declared and len(decoded.samples) < MIN_DECLARED_FRACTION * declared:
-            # libsndfile stops at the first damaged MP3 frame where FFmpeg resynchronises; let FFmpeg try
-            # before calling the file truncated.
+        handle = sf.SoundFile(_open_arg(source))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        sf_failure = _BackendError(_clean_reason(exc))
+    if handle is not None:
+        with handle:
+            rate = int(handle.samplerate)
+            sf_declared = int(handle.frames) if 0 < handle.frames < _UNKNOWN_FRAMES else None
+            declared = max(filter(None, (sf_declared, riff_declared)), default=None)
+            sink = _MonoSink(rate, sample_rate)
+            block_frames = max(1024, round(block_seconds * rate))
+            for block in _stream_soundfile(handle, block_frames):
+                out = sink.push(_finite(block, label))
+                if len(out):
+                    yield out
+        if declared and sink.frames_in < MIN_DECLARED_FRACTION * declared:
+            # libsndfile stops at the first damaged MP3 frame (or read error) where FFmpeg resynchronises;
+            # let FFmpeg go on from where libsndfile stopped before calling the file truncated.
+            state: dict = {}
             try:
-                retry = _decode_pyav(source, hint=None)
+                for block in _stream_pyav(source, sink.frames_in, state):
+                    if state.get("rate") != rate:
+                        break
+                    out = sink.push(_finite(block, label))
+                    if len(out):
+                        yield out
             except _BackendError:
-                retry = None
-            if (
-                retry is not None
-                and retry.sample_rate == decoded.sample_rate
-                and (len(retry.samples) > len(decoded.samples))
-            ):
-                decoded = retry
-        decoded.declared_frames = declared
+                pass
+        tail = sink.push(np.zeros((0, 1), np.float32), last=True)
+        if len(tail):
+            yield tail
+        _check_length(sink.frames_in, rate, declared, label)
+        return
 
-    declared = decoded.declared_frames
-    if riff_declared and decoded.backend == "ffmpeg":
+    state = {}
+    sink = None
+    try:
+        for block in _stream_pyav(source, 0, state):
+            if sink is None:
+                sink = _MonoSink(state.get("rate") or state.get("header_rate") or sample_rate, sample_rate)
+            out = sink.push(_finite(block, label))
+            if len(out):
+                yield out
+    except _BackendError as av_failure:
+        raise AudioDecodeError(label, f"unrecognised format or corrupt data (FFmpeg: {av_failure.reason}; "
+                               f"libsndfile: {sf_failure.reason})") from None
+    rate = (sink.rate if sink else None) or state.get("header_rate") or 0
+    seconds = state.get("declared_seconds")
+    declared = round(seconds * rate) if seconds and rate else None
+    if riff_declared:
         declared = max(declared or 0, riff_declared)
-    _check_length(decoded, declared, label)
-    if not np.isfinite(decoded.samples).all():
-        raise AudioDecodeError(label, "the audio contains NaN or infinite sample values")
-    return _to_mono_resampled(decoded, sample_rate)
+    frames = sink.frames_in if sink else 0
+    failure = state.get("failure")
+    if failure is not None and (not declared or frames < MIN_DECLARED_FRACTION * declared):
+        of = f" of {declared / rate:.2f} s" if declared else ""
+        decoded_s = frames / rate if rate else 0.0
+        raise AudioDecodeError(label, f"corrupt or truncated data: decoding stopped at {decoded_s:.2f} s{of} "
+                               f"({_clean_reason(failure)}); libsndfile: {sf_failure.reason}")
+    if sink is not None:
+        tail = sink.push(np.zeros((0, 1), np.float32), last=True)
+        if len(tail):
+            yield tail
+    _check_length(frames, rate or sample_rate, declared, label)
+
+
+def decode_audio(source: Source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a file path or an in-memory file to 1-D float32 mono at `sample_rate`.
+
+    Channels are averaged; resampling uses soxr at 'HQ' quality. Raises `AudioDecodeError` for missing,
+    empty, non-audio, truncated, zero-length or non-finite input, and never lets a library exception escape.
+    The whole recording is held in memory: long recordings should use `iter_audio`.
+    """
+    blocks = list(iter_audio(source, sample_rate))
+    if not blocks:
+        return np.zeros(0, np.float32)
+    return np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
 
 
 def audio_duration(source: Source) -> float:

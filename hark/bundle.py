@@ -9,20 +9,17 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from hark.errors import HarkError
-from hark.text import TextTokenizer
+from hark.manifest import FORMAT_VERSION, GRAPHS, MANIFEST, NORMALIZATION_PROBE, Manifest, ManifestError, VectorSpec
+from hark.text import TextTokenizer, normalize_caption
+
+__all__ = ["FORMAT_VERSION", "GRAPHS", "MANIFEST", "Bundle", "BundleError", "VectorSpec", "sha256_file"]
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-GRAPHS = ("audio", "clip", "text", "rerank")
-
 
 class BundleError(HarkError):
     """A bundle that is missing, damaged or of another format; the message names the file."""
@@ -36,21 +33,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class VectorSpec:
-    name: str
-    size: int
-    distance: str  # "Cosine" or "Dot"
-    multivector: bool = False
-    hnsw_m: int | None = None  # 0 switches the HNSW graph off (vectors only read back)
-    datatype: str = "float32"  # "float16" where the server honours it
-    on_disk: bool = False
-
-
 class Bundle:
     """A verified bundle folder. Sessions are created lazily, per process (after a fork)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root = root
         self.manifest = manifest
         self._sessions: dict[tuple[str, str], Any] = {}
@@ -65,25 +51,21 @@ class Bundle:
         if not manifest_path.is_file():
             raise BundleError(f"{manifest_path}: missing; not a hark bundle")
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{manifest_path}: not a JSON object")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"{manifest_path}: bundle format {version!r}, this hark reads format "
-                              f"{FORMAT_VERSION}; re-export the model with this version of hark")
-        for key in ("model", "audio", "text", "vectors", "heads", "files", "graphs"):
-            if key not in manifest:
-                raise BundleError(f"{manifest_path}: missing key '{key}'")
+        try:
+            manifest = Manifest.from_dict(data, str(manifest_path))
+        except ManifestError as exc:
+            raise BundleError(str(exc)) from exc
+        _check_text_front_end(manifest, manifest_path)
         bundle = cls(root, manifest)
         if verify_hashes:
             bundle.verify_files()
         return bundle
 
     def verify_files(self) -> None:
-        for name, expected in self.manifest["files"].items():
+        for name, expected in self.manifest.files.items():
             path = self.root / name
             if not path.is_file():
                 raise BundleError(f"{path}: listed in the manifest but missing")
@@ -95,46 +77,46 @@ class Bundle:
     # -- facts -------------------------------------------------------------------------------------
     @property
     def version(self) -> str:
-        return self.manifest["model"]["version"]
+        return self.manifest.model.version
 
     @property
     def name(self) -> str:
-        return self.manifest["model"]["name"]
+        return self.manifest.model.name
 
     @property
     def sample_rate(self) -> int:
-        return int(self.manifest["audio"]["sample_rate"])
+        return self.manifest.audio.sample_rate
 
     @property
     def segment_samples(self) -> int:
-        return round(self.manifest["audio"]["segment_seconds"] * self.sample_rate)
+        return round(self.manifest.audio.segment_seconds * self.sample_rate)
 
     @property
     def max_segments(self) -> int:
-        return int(self.manifest["audio"]["max_segments"])
+        return self.manifest.audio.max_segments
 
     @property
     def has_rerank(self) -> bool:
-        return "rerank" in self.manifest["graphs"]
+        return "rerank" in self.manifest.graphs
 
     @property
     def fusion(self) -> dict[str, float]:
-        return dict(self.manifest["heads"]["fusion"])
+        return dict(self.manifest.heads.fusion)
 
     def vectors(self) -> list[VectorSpec]:
-        return [VectorSpec(name=name, **spec) for name, spec in self.manifest["vectors"].items()]
+        return list(self.manifest.vectors.values())
 
     @cached_property
     def tokenizer(self) -> TextTokenizer:
-        text = self.manifest["text"]
-        return TextTokenizer.from_file(self.root / text["tokenizer"], int(text["max_tokens"]))
+        text = self.manifest.text
+        return TextTokenizer.from_file(self.root / text.tokenizer, text.max_tokens)
 
     def graph_path(self, graph: str, precision: str | None = None) -> Path:
-        entry = self.manifest["graphs"].get(graph)
+        entry = self.manifest.graphs.get(graph)
         if entry is None:
             raise BundleError(f"{self.root}: this bundle has no '{graph}' graph")
-        variants = entry["files"]
-        precision = precision or entry.get("default", "fp32")
+        variants = entry.files
+        precision = precision or entry.default
         if precision not in variants:
             raise BundleError(f"{self.root}: graph '{graph}' has no {precision} variant "
                               f"(has {', '.join(variants)})")
@@ -148,3 +130,15 @@ class Bundle:
         if key not in self._sessions:
             self._sessions[key] = create_session(self.graph_path(graph, precision), device)
         return self._sessions[key]
+
+
+def _check_text_front_end(manifest: Manifest, where: Path) -> None:
+    """Queries must be normalised as the captions were in training: the runtime lowercases and strips
+    punctuation (hark.text.normalize_caption); a bundle that records anything else is refused."""
+    text = manifest.text
+    if not (text.lowercase and text.strip_punctuation):
+        raise BundleError(f"{where}: text front end (lowercase={text.lowercase}, strip_punctuation="
+                          f"{text.strip_punctuation}) differs from this runtime's (both true)")
+    if text.normalization_check and text.normalization_check != normalize_caption(NORMALIZATION_PROBE):
+        raise BundleError(f"{where}: text normalisation differs: the bundle turns {NORMALIZATION_PROBE!r} into "
+                          f"{text.normalization_check!r}, this runtime into {normalize_caption(NORMALIZATION_PROBE)!r}")

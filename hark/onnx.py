@@ -7,8 +7,8 @@ cached and logged once, and later sessions never ask for a provider that failed.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,18 @@ def _options(quiet: bool = False):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # 4 = fatal only: the probing session must not print the missing-CUDA error.
     opts.log_severity_level = 4 if quiet else 3
-    threads = os.environ.get("HARK_ORT_THREADS")
-    if threads:
-        opts.intra_op_num_threads = int(threads)
+    threads = _ort_threads()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
     return opts
+
+
+@functools.cache
+def _ort_threads() -> int:
+    """HARK_ORT_THREADS from the settings (environment or hark.toml), read once per process."""
+    from hark.settings import Settings
+
+    return Settings.load().ort_threads
 
 
 def create_session(path: str | Path, device: str = "auto"):

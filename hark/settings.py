@@ -52,19 +52,41 @@ class Settings:
     keep_collections: int = 1
     # Seconds between the beat's registry checks that start re-indexes; 0 disables the schedule.
     reindex_interval: int = 600
-    # API key for hark's own HTTP routes (/search, the page); empty means open.
+    # Full-access API key for every route of `hark serve` but the health probes; empty means open.
     api_key: str = ""
+    # Read-only API key: searches and reads, no writes through the pass-through.
+    read_only_api_key: str = ""
+    # Largest request body `hark serve` reads, in bytes, and the deepest JSON nesting it accepts.
+    max_body_bytes: int = 1_048_576
+    max_json_depth: int = 32
+    # Folders `/audio/{id}` may serve files from (separated by the OS path separator); empty means the
+    # folders audio was ingested from.
+    media_roots: str = ""
+    # Concurrent queries wait this many milliseconds to share one text-encoder call, up to this many per call.
+    query_batch_wait_ms: float = 2.0
+    query_batch_max: int = 8
+    # ONNX Runtime threads per session; 0 lets ONNX Runtime use every core of the machine.
+    ort_threads: int = 0
     # Address `hark serve` listens on.
     host: str = "127.0.0.1"
     port: int = 8000
     # Where the embedded mode keeps job status and the dead-letter list.
     state_dir: str = "./.hark/state"
+    # Days a finished job's status stays in Redis before it expires.
+    job_ttl_days: float = 30.0
+    # Seconds between a worker's heartbeats; a worker silent for 3 of them is gone, and its unfinished batch
+    # is put back on the queue by any live worker (or the next one to start), instead of waiting for the
+    # visibility timeout.
+    worker_heartbeat: int = 10
     sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The hark.toml these settings were read from (HARK_CONFIG), whether or not it exists.
+    config_path: str = field(default="hark.toml", repr=False, compare=False)
 
     @classmethod
     def load(cls, toml_path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         path = Path(toml_path or env.get("HARK_CONFIG", "hark.toml"))
+        config_source = "argument" if toml_path else ("environment" if "HARK_CONFIG" in env else "default")
         from_file: dict[str, Any] = {}
         if path.is_file():
             try:
@@ -75,7 +97,7 @@ class Settings:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for f in fields(cls):
-            if f.name == "sources":
+            if f.name in INTERNAL:
                 continue
             name = env_name(f.name)
             if name in env:
@@ -89,6 +111,8 @@ class Settings:
             sources[f.name] = origin
         settings = cls(**values)
         settings.sources = sources
+        settings.config_path = str(path)
+        settings.sources["config_path"] = config_source + ("" if path.is_file() else ", file absent")
         settings.validate()
         return settings
 
@@ -103,14 +127,30 @@ class Settings:
         return not self.qdrant_url
 
     def describe(self) -> list[dict[str, str]]:
-        rows = []
+        """Every setting's effective value (secrets masked, zero values with what they mean) and source."""
+        rows = [{"name": "HARK_CONFIG", "value": self.config_path,
+                 "source": self.sources.get("config_path", "default")}]
         for f in fields(self):
-            if f.name == "sources":
+            if f.name in INTERNAL:
                 continue
             value = getattr(self, f.name)
-            shown = "***" if "key" in f.name and value else str(value)
+            if "key" in f.name:
+                shown = "***" if value else "(none)"
+            elif f.name in ZERO_MEANS and not value:
+                shown = f"{value} ({ZERO_MEANS[f.name]})" if value != "" else f"({ZERO_MEANS[f.name]})"
+            else:
+                shown = str(value) if value != "" else "(none)"
             rows.append({"name": env_name(f.name), "value": shown, "source": self.sources.get(f.name, "default")})
         return rows
+
+
+INTERNAL = {"sources", "config_path"}
+# What a zero (or empty) value of these settings stands for, as `hark config` shows it.
+ZERO_MEANS = {"qdrant_url": "embedded Qdrant at HARK_QDRANT_PATH", "broker_url": "in-process worker",
+              "bundle": "the version live for the collection, else the newest registered",
+              "window_seconds": "the bundle's window, segments x max segments", "shards": "server default",
+              "replication": "server default", "reindex_interval": "schedule off",
+              "media_roots": "the folders audio was ingested from", "ort_threads": "all cores"}
 
 
 def env_name(field_name: str) -> str:
@@ -130,4 +170,4 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
     return str(raw)
 
 
-SETTING_NAMES = tuple(env_name(f.name) for f in fields(Settings) if f.name != "sources")
+SETTING_NAMES = ("HARK_CONFIG", *(env_name(f.name) for f in fields(Settings) if f.name not in INTERNAL))

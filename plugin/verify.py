@@ -10,7 +10,7 @@ import numpy as np
 
 from hark.bundle import Bundle, BundleError
 
-from .models import AudioEncoder, Reranker, TextEncoder
+from .encoders import AudioEncoder, Reranker, TextEncoder
 
 
 def verify_bundle(path: str | Path, device: str = "cpu") -> dict[str, Any]:
@@ -18,9 +18,9 @@ def verify_bundle(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     started = time.perf_counter()
     bundle = Bundle.load(path, verify_hashes=True)
     report: dict[str, Any] = {"bundle": str(path), "name": bundle.name, "version": bundle.version,
-                              "files": len(bundle.manifest["files"]), "graphs": {}}
-    for graph, entry in bundle.manifest["graphs"].items():
-        for precision in entry["files"]:
+                              "files": len(bundle.manifest.files), "graphs": {}}
+    for graph, entry in bundle.manifest.graphs.items():
+        for precision in entry.files:
             try:
                 bundle.session(graph, device, precision)
             except BundleError:
@@ -28,7 +28,7 @@ def verify_bundle(path: str | Path, device: str = "cpu") -> dict[str, Any]:
             except Exception as exc:
                 raise BundleError(f"{bundle.graph_path(graph, precision)}: ONNX Runtime cannot load it "
                                   f"({str(exc).splitlines()[0]})") from exc
-        report["graphs"][graph] = sorted(entry["files"])
+        report["graphs"][graph] = sorted(entry.files)
     vectors = {v.name: v for v in bundle.vectors()}
 
     text = TextEncoder(bundle, device).encode(["a dog barks while rain falls", "a siren wails"])
@@ -52,7 +52,7 @@ def verify_bundle(path: str | Path, device: str = "cpu") -> dict[str, Any]:
                "rerank.onnx", "scores must be finite cosines")
         report["smoke_rerank_scores"] = [round(float(s), 4) for s in scores]
     report["smoke_cosine"] = [round(float(text.sentence[0] @ c.global_), 4) for c in clips]
-    report["parity"] = bundle.manifest.get("parity", {})
+    report["parity"] = bundle.manifest.parity
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["ok"] = True
     return report

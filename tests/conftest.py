@@ -15,7 +15,7 @@ TINY_OVERRIDES = ["train.epochs=4", "train.warmup_epochs=1"]
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    from hark.synth import write_clotho_corpus
+    from hark.demo.synth import write_clotho_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     write_clotho_corpus(root, n_clips={"development": 128, "validation": 32, "evaluation": 32},

@@ -233,7 +233,7 @@ def test_bytes_source_label():
 
 def test_audio_module_does_not_import_torch():
     # The worker and query images carry no torch; importing it must fail loudly, not silently succeed.
-    code = "import sys; sys.modules['torch'] = None; import hark.audio, hark.synth; print('ok')"
+    code = "import sys; sys.modules['torch'] = None; import hark.audio, hark.demo.synth; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

@@ -14,7 +14,7 @@ from hark.audio import decode_audio  # noqa: E402
 from hark.bundle import Bundle, BundleError  # noqa: E402
 from hark.exporters.graphs import AudioGraph, ClipGraph, RerankGraph, TextGraph  # noqa: E402
 from hark.exporters.onnx_export import ExportError, export_bundle  # noqa: E402
-from hark.plugin.models import AudioEncoder, Reranker, TextEncoder  # noqa: E402
+from hark.plugin.encoders import AudioEncoder, Reranker, TextEncoder  # noqa: E402
 from hark.plugin.verify import verify_bundle  # noqa: E402
 from hark.training.evaluate import score_split  # noqa: E402
 from hark.training.model import load_checkpoint  # noqa: E402

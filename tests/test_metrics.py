@@ -448,7 +448,47 @@ def test_metrics_module_does_not_need_torch() -> None:
         "sys.modules['torch'] = None\n"
         f"spec = importlib.util.spec_from_file_location('standalone_metrics', {metrics.__file__!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules[spec.name] = module\n"
         "spec.loader.exec_module(module)\n"
         "assert 'torch' not in {name.split('.')[0] for name, m in sys.modules.items() if m is not None}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the one relevance evaluator -----------------------------------------------------------------------
+def test_relevance_mismatches_are_reported_and_missing_files_stay_in_the_divisor(caplog) -> None:
+    from hark.training.metrics import relevance_metrics
+
+    scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]])
+    queries, audio = ["q a", "q b", "q c"], ["a.wav", "b.wav", "c.wav"]
+    # q a: a.wav is ranked first, x.wav is not in the split; q c has no entry; q z is not in the split.
+    relevance = {"q a": ["a.wav", "x.wav"], "q b": ["b.wav"], "q z": ["c.wav"]}
+    with caplog.at_level("WARNING"):
+        found, report = relevance_metrics(scores, queries, audio, relevance)
+    assert report.unmatched_queries == ["q c"]
+    assert report.unknown_queries == ["q z"]
+    assert report.missing_files == ["x.wav"]
+    assert "relevant files not in the split" in caplog.text
+    # q a: AP = (1/1) / 2 relevant items (x.wav never retrieved); q b: 1. Dropping x.wav would give 100.
+    assert found["mAP@16"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    with pytest.raises(MetricsInputError, match="does not match the split"):
+        relevance_metrics(scores, queries, audio, relevance, strict=True)
+    clean = {"q a": ["a.wav"], "q b": ["b.wav"], "q c": ["c.wav"]}
+    found, report = relevance_metrics(scores, queries, audio, clean, strict=True)
+    assert report.clean and found["mAP@16"] == pytest.approx(100.0)
+
+
+def test_relevance_with_nothing_shared_is_an_error() -> None:
+    from hark.training.metrics import relevance_metrics
+
+    with pytest.raises(MetricsInputError, match="shares no query"):
+        relevance_metrics(np.eye(2), ["q a", "q b"], ["a.wav", "b.wav"], {"other": ["a.wav"]})
+
+
+def test_score_file_targets_match_repeated_captions_in_order() -> None:
+    from hark.training.metrics import score_file_targets
+
+    pairs = [("a.wav", ["rain", "dog"]), ("b.wav", ["rain"])]
+    assert score_file_targets(["rain", "dog", " rain "], pairs) == ["a.wav", "a.wav", "b.wav"]
+    with pytest.raises(MetricsInputError, match="row 2: query 'cat'"):
+        score_file_targets(["cat"], pairs)

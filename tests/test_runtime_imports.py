@@ -24,8 +24,8 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
 
 def test_runtime_modules_import_without_torch():
     done = run_without_torch("""
-        import hark.audio, hark.bundle, hark.cli, hark.onnx, hark.synth, hark.text
-        import hark.plugin, hark.plugin.models, hark.plugin.verify, hark.workers
+        import hark.audio, hark.bundle, hark.cli, hark.onnx, hark.demo.synth, hark.text
+        import hark.plugin, hark.plugin.encoders, hark.plugin.verify, hark.workers
         print("ok")
     """)
     assert done.returncode == 0, done.stderr
@@ -55,3 +55,28 @@ def test_training_commands_name_the_missing_extra():
     """)
     assert done.returncode == 2
     assert "pip install 'hark[train]'" in done.stderr
+
+
+def test_evaluate_scores_runs_without_torch(tmp_path):
+    from hark.demo.synth import write_clotho_corpus
+
+    write_clotho_corpus(tmp_path, n_clips={"evaluation": 4}, durations=(2.0, 3.0), seed=3, formats=("wav",),
+                        sample_rates=(32000,), channels=(1,), broken=0)
+    done = run_without_torch(f"""
+        import csv, json, sys
+        from pathlib import Path
+        from hark.training.data.formats import load_split
+        from hark.cli import main
+        examples = load_split([{str(tmp_path)!r}], "evaluation")
+        names = [ex.audio_path.name for ex in examples]
+        path = Path({str(tmp_path / "scores.csv")!r})
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["query", *names])
+            for i, ex in enumerate(examples):
+                for caption in ex.captions:
+                    w.writerow([caption, *(1.0 if j == i else 0.0 for j in range(len(names)))])
+        sys.exit(main(["evaluate", "--scores", str(path), "--data", {str(tmp_path)!r}, "--json"]))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["R@1"] == 100.0

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hark.synth import write_clotho_corpus  # noqa: E402
+from hark.demo.synth import write_clotho_corpus  # noqa: E402
 from hark.training.config import ConfigError, load_config, named_configs  # noqa: E402
 from hark.training.evaluate import score_split, split_metrics  # noqa: E402
 from hark.training.model import load_checkpoint  # noqa: E402

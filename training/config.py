@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hark.errors import HarkError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(HarkError, ValueError):
     """A config file or override that cannot be used."""
 
 
@@ -23,8 +25,11 @@ class ConfigError(ValueError):
 class AudioConfig:
     # hear21passt architecture whose pretrained weights "pretrained" loads (patch 16, stride 16, PaSST-S).
     arch: str = "passt_s_p16_s16_128_ap468"
-    # "pretrained" (hear21passt release weights), "random" (init from the fields below) or a .pt path.
+    # "pretrained" (hear21passt release weights), "random" (init from the fields below) or a .pt path. A
+    # weights file decides the architecture: the fields below are adapted to it (logged at WARNING).
     init: str = "pretrained"
+    # Lightning checkpoints holding both: "swa" (net_swa.*, the averaged weights) or "net" (net.*).
+    weights: str = "swa"
     # Transformer width, depth and heads; used for "random", must match the weights otherwise.
     embed_dim: int = 768
     depth: int = 12
@@ -32,6 +37,8 @@ class AudioConfig:
     # Patch size and stride over the mel image (frequency and time alike).
     patch: int = 16
     stride: int = 16
+    # Mel frames PaSST's time positional embedding spans (998 = 10 s; 2000/3000 for the 20 s/30 s releases).
+    frames: int = 998
     # Structured patchout in training: time columns and frequency rows dropped per step.
     patchout_t: int = 0
     patchout_f: int = 0
@@ -148,6 +155,8 @@ class ModelConfig:
         return config
 
     def validate(self, source: str = "config") -> None:
+        if self.audio.weights not in {"swa", "net"}:
+            raise ConfigError(f"{source}: audio.weights must be swa or net")
         if self.heads.attention not in {"none", "sentence", "full"}:
             raise ConfigError(f"{source}: heads.attention must be none, sentence or full")
         if not self.heads.cosine and self.heads.attention == "none":

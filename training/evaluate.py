@@ -16,6 +16,7 @@ from hark.audio import AudioDecodeError, decode_audio
 from . import metrics
 from .data.formats import Example
 from .model import RetrievalModel
+from .objectives import prediction
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,14 @@ def score_split(model: RetrievalModel, examples: Sequence[Example], batch_size: 
     targets = np.array([i for i, ex in enumerate(examples) for _ in ex.captions])
     per_head: dict[str, list[torch.Tensor]] = {name: [] for name in model.head_names}
     per_head["fused"] = []
+    per_head["prediction"] = []  # what an ensemble averages (objectives.prediction)
     for start in tqdm(range(0, len(queries), 64), desc="score captions", disable=not progress, leave=False):
         text = model.encode_captions(queries[start:start + 64])
         scores = model.head_scores(text, audio)
         for name, s in scores.items():
             per_head[name].append(s.float().cpu())
         per_head["fused"].append(model.fuse(scores).float().cpu())
+        per_head["prediction"].append(prediction(model, scores).cpu())
     return ScoredSplit(
         queries=queries,
         audio_names=[ex.audio_path.name for ex in examples],
@@ -91,33 +94,14 @@ def score_split(model: RetrievalModel, examples: Sequence[Example], batch_size: 
 
 
 def split_metrics(split: ScoredSplit, score_key: str = "fused",
-                  relevance: dict[str, list[str]] | None = None) -> dict[str, float]:
-    """R@1/5/10 and mAP@10 (percent), plus mAP@16 with a relevance file."""
+                  relevance: dict[str, list[str]] | None = None, strict: bool = False) -> dict[str, float]:
+    """R@1/5/10 and mAP@10 (percent), plus mAP@16 with a relevance file (see `metrics.relevance_metrics`)."""
     scores = split.scores[score_key]
     out = metrics.retrieval_metrics(scores, split.targets)
     if relevance is not None:
-        out.update(relevance_metrics(scores, split.queries, split.audio_names, relevance))
+        found, _ = metrics.relevance_metrics(scores, split.queries, split.audio_names, relevance, strict=strict)
+        out.update(found)
     return out
-
-
-def relevance_metrics(scores: np.ndarray, queries: list[str], audio_names: list[str],
-                      relevance: dict[str, list[str]]) -> dict[str, float]:
-    """mAP@16 (and mAP@10) over many-to-many relevance; queries absent from the file are ignored."""
-    column = {name: i for i, name in enumerate(audio_names)}
-    keyed = {metrics.normalize_query(q): names for q, names in relevance.items()}
-    rows, rel = [], []
-    for row, query in enumerate(queries):
-        names = keyed.get(metrics.normalize_query(query))
-        if names is None:
-            continue
-        relevant = {column[n] for n in names if n in column}
-        if relevant:
-            rows.append(row)
-            rel.append(relevant)
-    if not rows:
-        raise metrics.MetricsInputError("the relevance file shares no query with the evaluation split")
-    sub = scores[rows]
-    return {"mAP@16": metrics.map_at_k(sub, rel, 16), "mAP@10_rel": metrics.map_at_k(sub, rel, 10)}
 
 
 def write_score_csv(split: ScoredSplit, path: Path, score_key: str = "fused") -> None:

@@ -19,15 +19,22 @@ from __future__ import annotations
 
 import ast
 import csv
+import logging
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
+from hark.errors import HarkError
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "MetricsInputError",
+    "RelevanceReport",
     "average_precision_at_k",
     "ensemble",
     "evaluate_scores",
@@ -37,7 +44,9 @@ __all__ = [
     "ranks_of_targets",
     "read_relevance",
     "read_score_csv",
+    "relevance_metrics",
     "retrieval_metrics",
+    "score_file_targets",
 ]
 
 RECALL_KS = (1, 5, 10)
@@ -45,7 +54,7 @@ RECALL_KS = (1, 5, 10)
 _V = TypeVar("_V")
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(HarkError, ValueError):
     """Input data (a file or the arguments built from one) cannot be evaluated as given."""
 
 
@@ -104,12 +113,14 @@ def retrieval_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str, floa
     return metrics
 
 
-def average_precision_at_k(relevant_ranks: Sequence[int], k: int) -> float:
+def average_precision_at_k(relevant_ranks: Sequence[int], k: int, n_relevant: int | None = None) -> float:
     """Many-to-many AP@k (a fraction) from the 0-based ranks of all of a query's relevant items.
 
     ``sum over relevant items with rank < k of (1-based position among the relevant items sorted by rank)
     / (rank + 1)``, divided by the number of relevant items, including those ranked at k or beyond, so
-    missing a relevant item costs even when it falls outside the cut-off.
+    missing a relevant item costs even when it falls outside the cut-off. ``n_relevant`` (at least the
+    number of ranks) counts relevant items that could not be ranked at all, e.g. files missing from the
+    evaluated split: they are never retrieved, so they only grow the divisor.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -120,8 +131,11 @@ def average_precision_at_k(relevant_ranks: Sequence[int], k: int) -> float:
         raise ValueError(f"ranks are 0-based and cannot be negative, got {ranks[0]}")
     if len(set(ranks)) != len(ranks):
         raise ValueError(f"two relevant items cannot share a rank, got {ranks}")
+    divisor = len(ranks) if n_relevant is None else n_relevant
+    if divisor < len(ranks):
+        raise ValueError(f"n_relevant ({n_relevant}) is smaller than the number of ranked items ({len(ranks)})")
     total = sum(position / (rank + 1) for position, rank in enumerate(ranks, start=1) if rank < k)
-    return total / len(ranks)
+    return total / divisor
 
 
 def ranks_of_relevant(row: np.ndarray, relevant: Collection[int]) -> list[int]:
@@ -139,12 +153,14 @@ def ranks_of_relevant(row: np.ndarray, relevant: Collection[int]) -> list[int]:
     return [int(position[c]) for c in columns]
 
 
-def map_at_k(scores: np.ndarray, relevance: Sequence[Collection[int]], k: int = 16) -> float:
+def map_at_k(scores: np.ndarray, relevance: Sequence[Collection[int]], k: int = 16,
+             n_relevant: Sequence[int] | None = None) -> float:
     """Mean many-to-many AP@k over queries, in percent.
 
-    ``relevance[q]`` holds the relevant audio column indices of query ``q``. A query with no relevant item
-    raises ``ValueError``: AP is undefined for it, and silently skipping it would change the denominator
-    the reported mean is compared against.
+    ``relevance[q]`` holds the relevant audio column indices of query ``q``; ``n_relevant[q]`` (optional)
+    its total number of relevant items, including ones that are not columns (see
+    ``average_precision_at_k``). A query with no relevant item raises ``ValueError``: AP is undefined for
+    it, and silently skipping it would change the denominator the reported mean is compared against.
     """
     matrix = _score_matrix(scores)
     if len(relevance) != matrix.shape[0]:
@@ -155,7 +171,8 @@ def map_at_k(scores: np.ndarray, relevance: Sequence[Collection[int]], k: int = 
     for query, relevant in enumerate(relevance):
         if not relevant:
             raise ValueError(f"query row {query} has no relevant audio; AP@{k} is undefined for it")
-        total += average_precision_at_k(ranks_of_relevant(matrix[query], relevant), k)
+        total += average_precision_at_k(ranks_of_relevant(matrix[query], relevant), k,
+                                        None if n_relevant is None else n_relevant[query])
     return total / matrix.shape[0] * 100.0
 
 
@@ -323,6 +340,7 @@ def evaluate_scores(
     audio_names: list[str],
     targets: Mapping[str, str] | Sequence[str],
     relevance: Mapping[str, Sequence[str]] | None = None,
+    strict: bool = True,
 ) -> dict[str, float]:
     """Evaluate a ``[Q, A]`` score matrix whose rows are ``queries`` and columns ``audio_names``.
 
@@ -331,7 +349,8 @@ def evaluate_scores(
     R@1, R@5, R@10 and mAP@10. With ``relevance`` (as returned by ``read_relevance``), "mAP@16" and
     "mAP@10_rel" are added, both many-to-many over the relevant lists exactly as given (the single target is
     not added to them). Queries are matched by ``normalize_query``; audio names by exact text, stripped.
-    Every score row must find its target and, when given, its relevance entry, or ``MetricsInputError``.
+    Every score row must find its target, or ``MetricsInputError``; relevance mismatches raise too with
+    ``strict`` (the default here), else they are reported as ``relevance_metrics`` describes.
     """
     matrix = _score_matrix(scores)
     if matrix.shape != (len(queries), len(audio_names)):
@@ -365,13 +384,102 @@ def evaluate_scores(
     metrics = retrieval_metrics(matrix, target_idx)
 
     if relevance is not None:
-        relevance_lookup = _query_lookup(relevance, "relevance")
-        relevant_columns: list[set[int]] = []
-        for query in queries:
-            names = relevance_lookup.get(normalize_query(query))
-            if not names:
-                raise MetricsInputError(f"relevance: no relevant audio listed for query {query!r}")
-            relevant_columns.append({_column_of(audio_index, n, query, "relevance") for n in names})
-        metrics["mAP@16"] = map_at_k(matrix, relevant_columns, k=16)
-        metrics["mAP@10_rel"] = map_at_k(matrix, relevant_columns, k=10)
+        found, _ = relevance_metrics(matrix, queries, audio_names, relevance, strict=strict)
+        metrics.update(found)
     return metrics
+
+
+@dataclass
+class RelevanceReport:
+    """What a relevance file and a split did not share (each list is of query texts or file names)."""
+
+    unmatched_queries: list[str] = field(default_factory=list)  # split queries the file lists nothing for
+    unknown_queries: list[str] = field(default_factory=list)  # file queries that are not in the split
+    missing_files: list[str] = field(default_factory=list)  # relevant files that are not columns of the split
+
+    @property
+    def clean(self) -> bool:
+        return not (self.unmatched_queries or self.unknown_queries or self.missing_files)
+
+    def describe(self) -> str:
+        parts = []
+        for label, items in (("split queries without relevance", self.unmatched_queries),
+                             ("relevance queries not in the split", self.unknown_queries),
+                             ("relevant files not in the split", self.missing_files)):
+            if items:
+                shown = ", ".join(repr(i[:60]) for i in items[:3]) + (", ..." if len(items) > 3 else "")
+                parts.append(f"{len(items)} {label} ({shown})")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"unmatched_queries": len(self.unmatched_queries), "unknown_queries": len(self.unknown_queries),
+                "missing_files": len(self.missing_files)}
+
+
+def relevance_metrics(scores: np.ndarray, queries: Sequence[str], audio_names: Sequence[str],
+                      relevance: Mapping[str, Sequence[str]], strict: bool = False,
+                      ) -> tuple[dict[str, float], RelevanceReport]:
+    """mAP@16 and mAP@10 over many-to-many relevance: the one relevance evaluator.
+
+    Queries are matched by ``normalize_query``, files by exact (stripped) name. What does not match is
+    reported, never dropped in silence: with ``strict`` any mismatch raises ``MetricsInputError``;
+    otherwise it is logged, split queries without an entry are left out of the mean (AP is undefined for
+    them), and relevant files absent from the split stay in each query's divisor as never retrieved (so a
+    partial split cannot inflate the score).
+    """
+    matrix = _score_matrix(scores)
+    audio_index = {name.strip(): i for i, name in enumerate(audio_names)}
+    lookup = _query_lookup(relevance, "relevance")
+    report = RelevanceReport()
+    split_keys = {normalize_query(q) for q in queries}
+    report.unknown_queries = sorted(q for q in relevance if normalize_query(q) not in split_keys)
+    rows: list[int] = []
+    columns: list[set[int]] = []
+    totals: list[int] = []
+    missing: set[str] = set()
+    for row, query in enumerate(queries):
+        names = lookup.get(normalize_query(query))
+        if not names:
+            report.unmatched_queries.append(query)
+            continue
+        wanted = {str(n).strip() for n in names}
+        absent = {n for n in wanted if n not in audio_index}
+        missing |= absent
+        present = {audio_index[n] for n in wanted - absent}
+        if not present:
+            report.unmatched_queries.append(query)
+            continue
+        rows.append(row)
+        columns.append(present)
+        totals.append(len(wanted))
+    report.missing_files = sorted(missing)
+    if strict and not report.clean:
+        raise MetricsInputError(f"relevance does not match the split: {report.describe()}")
+    if not rows:
+        raise MetricsInputError("the relevance file shares no query with the evaluated split")
+    if not report.clean:
+        log.warning("relevance: %s", report.describe())
+    sub = matrix[rows]
+    return ({"mAP@16": map_at_k(sub, columns, 16, totals), "mAP@10_rel": map_at_k(sub, columns, 10, totals)},
+            report)
+
+
+def score_file_targets(queries: Sequence[str], captions_by_audio: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """The target audio of each score-file row, from (audio name, its captions) pairs of the split.
+
+    Captions repeat across clips (and across a clip's own captions), so the k-th row with a given text is
+    matched to the k-th caption with that text in the split.
+    """
+    owners: dict[str, list[str]] = {}
+    for name, captions in captions_by_audio:
+        for caption in captions:
+            owners.setdefault(normalize_query(caption), []).append(name)
+    seen: dict[str, int] = {}
+    targets = []
+    for row, query in enumerate(queries, start=2):
+        key = normalize_query(query)
+        if key not in owners:
+            raise MetricsInputError(f"score file row {row}: query {query[:60]!r} is not a caption of the split")
+        targets.append(owners[key][seen.get(key, 0) % len(owners[key])])
+        seen[key] = seen.get(key, 0) + 1
+    return targets

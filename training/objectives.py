@@ -41,11 +41,25 @@ class ContrastiveObjective:
         return total, {f"loss_{name}": float(v.detach()) for name, v in losses.items()}
 
 
+def prediction(model: RetrievalModel, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A model's prediction: the fusion-weighted mean of its heads' score matrices.
+
+    Normalised by the weights' sum so that it stays on the heads' cosine scale (distillation divides it by
+    tau) and so that every member of an ensemble counts equally, whatever its fusion weights.
+    """
+    weights = {"cosine": model.cfg.heads.fusion_cosine, "attention": model.cfg.heads.fusion_attention}
+    total = sum(weights[name] for name in scores)
+    if total <= 0:
+        raise ValueError("the fusion weights of the model's heads sum to zero")
+    return sum(weights[name] * s.float() for name, s in scores.items()) / total
+
+
 class DistillationObjective:
     """Stage 2: every head of the student against the averaged predictions of the teachers.
 
-    A teacher's prediction is the mean of its own heads' score matrices; the ensemble's is the mean over
-    teachers. Teachers see the same crops and captions as the student, in eval mode, without gradients.
+    A teacher's prediction is `prediction(teacher, scores)`, the ensemble's the mean over teachers: the one
+    meaning of "ensemble" in hark (`hark evaluate` with several checkpoints averages the same thing).
+    Teachers see the same crops and captions as the student, in eval mode, without gradients.
     """
 
     def __init__(self, model: RetrievalModel, teachers: Sequence[RetrievalModel], tau: float,
@@ -62,7 +76,7 @@ class DistillationObjective:
         for teacher in self.teachers:
             teacher.eval()
             scores = _encode(teacher, batch)
-            members.append(torch.stack([s.float() for s in scores.values()]).mean(0))
+            members.append(prediction(teacher, scores))
         return torch.stack(members).mean(0)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -7,14 +7,15 @@ import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .config import ModelConfig
-from .data.formats import Example, discover
+from .data.formats import Example, discover, load_split  # noqa: F401  (load_split: re-exported)
 from .loop import RunResult, Trainer
-from .model import RetrievalModel, load_checkpoint, restore_model
+from .model import RetrievalModel, load_checkpoint, read_checkpoint, restore_model
 from .objectives import ContrastiveObjective, DistillationObjective
 from .towers import build_tokenizer
 
@@ -31,14 +32,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_split(data_dirs: Sequence[str | Path], split: str) -> list[Example]:
-    """Every example of `split` in every data folder (any mix of the supported formats)."""
-    examples: list[Example] = []
-    for folder in data_dirs:
-        examples.extend(discover(Path(folder), split))
-    return examples
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -46,13 +39,14 @@ def _seed_everything(seed: int) -> None:
 
 
 def _prepare(cfg: ModelConfig, out_dir: Path, resume: bool, init: Path | None,
-             captions: list[str], device: torch.device) -> tuple[RetrievalModel, Path | None]:
+             captions: list[str], device: torch.device) -> tuple[RetrievalModel, dict[str, Any] | None]:
+    """The model to train, and the last.pt payload to resume from (read once: it is the largest file)."""
     last = out_dir / "last.pt"
     if resume and last.is_file():
-        payload = torch.load(last, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(last)
         if payload["config"]["heads"] != cfg.to_dict()["heads"]:
             raise ValueError(f"{last} was trained with other heads; use another --out or --no-resume")
-        return restore_model(payload, str(last)).to(device), last
+        return restore_model(payload, str(last)).to(device), payload
     if init is not None:
         model, _ = load_checkpoint(init)
         model.cfg.train = cfg.train

@@ -2,6 +2,11 @@
 
 The Celery tasks and the in-process mode both call `process_batch`; it is idempotent (point ids derive from
 the audio content and the window), so a redelivered or retried batch rewrites the same points.
+
+Memory is bounded by a window, not a recording: a source is hashed chunk by chunk (remote ones are spooled to
+a temporary file while hashed), decoded as a stream by a thread that runs ahead of the encoder, and written
+a few windows at a time. A file's `windows` and `duration` payload fields are set last: they mark the file as
+complete, so a file cut short by a crash or found truncated at its end is never taken for a stored one.
 """
 
 from __future__ import annotations
@@ -10,19 +15,29 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hark.audio import AudioDecodeError, decode_audio
+from hark.audio import AudioDecodeError, iter_audio
 from hark.bundle import Bundle
-from hark.plugin.models import AudioEncoder
-from hark.plugin.store import connect, ensure_collection, existing_ids, is_transient, point_id
+from hark.plugin.encoders import AudioEncoder
 from hark.settings import Settings
+from hark.sources import LocalCopy, SourceError, display_name, expand, local_copy
+from hark.store import (
+    connect,
+    ensure_collection,
+    existing_ids,
+    is_transient,
+    live_version,
+    maybe_build_index,
+    point_id,
+)
 
 from .jobs import JobStore, dead_letter_entry
 
@@ -32,6 +47,9 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aa
                   ".wma", ".mp4"}
 # A trailing piece of a long recording shorter than this is not stored as a window of its own.
 MIN_TAIL_SECONDS = 1.0
+# Windows embedded (and upserted) together; decoding runs this many windows ahead of the encoder.
+WINDOWS_PER_WRITE = 8
+DECODE_AHEAD = 2
 
 
 @dataclass
@@ -40,6 +58,7 @@ class FileOutcome:
     status: str  # "ingested", "duplicate" or "failed"
     reason: str = ""
     points: int = 0
+    first_source: str = ""  # for a duplicate: the source the content was first stored from
 
 
 @dataclass
@@ -52,19 +71,12 @@ class Item:
 
 
 def collect_files(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[str]:
-    """Files named directly (any suffix) plus audio files inside named folders; absolute, sorted, unique."""
-    found: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found.extend(str(p.resolve()) for p in path.glob(pattern)
-                         if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-        elif path.exists():
-            found.append(str(path.resolve()))
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    return sorted(dict.fromkeys(found))
+    """Sources named directly (any suffix) plus audio files inside named folders or object-store prefixes.
+
+    Local names come back absolute; URIs as written. A missing or unreadable name is kept, not raised: it
+    becomes a failed file with its reason while the others are ingested.
+    """
+    return expand(paths, recursive=recursive, suffixes=AUDIO_SUFFIXES)
 
 
 def content_hash(data: bytes) -> str:
@@ -82,6 +94,70 @@ def split_windows(wave: np.ndarray, window_samples: int, min_tail_samples: int) 
     return windows
 
 
+def stream_windows(blocks: Iterable[np.ndarray], window_samples: int,
+                   min_tail_samples: int) -> Iterator[tuple[int, np.ndarray]]:
+    """`split_windows` over a stream of blocks: the same windows, holding one window in memory."""
+    pending: list[np.ndarray] = []
+    held = 0
+    offset = 0
+    for block in blocks:
+        while len(block):
+            take = min(len(block), window_samples - held)
+            pending.append(block[:take])
+            held += take
+            block = block[take:]
+            if held == window_samples:
+                yield offset, np.concatenate(pending)
+                offset += window_samples
+                pending, held = [], 0
+    if held and (offset == 0 or held >= min_tail_samples):
+        yield offset, np.concatenate(pending)
+
+
+def read_ahead(iterator: Iterator, depth: int) -> Iterator:
+    """Run `iterator` in a thread, `depth` items ahead: decoding overlaps embedding (both release the GIL).
+
+    The consumer stopping early (an error, a closed generator) stops the producer at its next item.
+    """
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", done))
+        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+            items.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="hark-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
 class Ingestor:
     """Turns batches of files into points for one bundle. Create it in the worker process (after a fork)."""
 
@@ -89,52 +165,85 @@ class Ingestor:
         self.bundle = bundle
         self.settings = settings
         self.encoder = AudioEncoder(bundle, settings.device)
-        seconds = settings.window_seconds or bundle.manifest["audio"]["window_seconds"]
+        seconds = settings.window_seconds or bundle.manifest.audio.window_seconds
         self.window_samples = round(seconds * bundle.sample_rate)
         if self.window_samples > self.encoder.window_samples:
             raise ValueError(f"HARK_WINDOW_SECONDS={seconds} is longer than the bundle's window "
                              f"({self.encoder.window_samples / bundle.sample_rate:.0f} s)")
 
-    def prepare(self, item: Item, client=None, physical: str = "") -> tuple[FileOutcome, list[Any]]:
-        """Decode and embed one file; returns its outcome and the points to write (none for a failure).
+    def target(self, client, collection: str, settings: Settings | None = None) -> str:
+        """The physical collection this bundle writes for `collection` (created from the manifest if missing)."""
+        cfg = settings or self.settings
+        return ensure_collection(client, collection, self.bundle, cfg.shards or None, cfg.replication or None)
 
-        With a client, a file whose points are all stored already is reported as a duplicate without
-        decoding it.
-        """
+    def write_file(self, item: Item, copy: LocalCopy, client, physical: str) -> FileOutcome:
+        """Decode, embed and upsert one file window by window; a duplicate only gains a name in `sources`."""
+        path, digest = item.path, copy.sha256
+        stored = self._stored(client, physical, digest)
+        if stored is not None:
+            count, payload = stored
+            first = payload.get("source_uri") or path
+            names = list(payload.get("sources") or [first])
+            if path not in names:
+                client.set_payload(physical, {"sources": [*names, path]},
+                                   points=[point_id(digest, i) for i in range(count)], wait=True)
+            reason = "" if path == first else f"duplicate of {first}"
+            return FileOutcome(path, "duplicate", reason, points=count, first_source=first)
+        sr = self.bundle.sample_rate
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        base = {"source_uri": path, "sources": [path], "file_name": display_name(path), "content_hash": digest,
+                "model_version": self.bundle.version, "ingested_at": now, "meta": item.meta}
+        written: list[str] = []
+        pending: list[tuple[int, np.ndarray]] = []
+        samples = 0
+
+        def flush() -> None:
+            from qdrant_client import models
+
+            vectors = self.encoder.encode_windows([w for _, w in pending])
+            points = []
+            for (offset, piece), vec in zip(pending, vectors, strict=True):
+                index = offset // self.window_samples
+                vector: dict[str, Any] = {"global": vec.global_.tolist()}
+                if self.bundle.has_rerank:
+                    vector["tokens"] = vec.rows.tolist()
+                payload = {**base, "window_index": index, "window_offset": round(offset / sr, 3),
+                           "window_duration": round(len(piece) / sr, 3)}
+                points.append(models.PointStruct(id=point_id(digest, index), vector=vector, payload=payload))
+            client.upsert(physical, points=points, wait=True)
+            written.extend(str(p.id) for p in points)
+            pending.clear()
+
+        blocks = read_ahead(iter_audio(copy.path, sr), DECODE_AHEAD)
+        try:
+            for offset, piece in stream_windows(blocks, self.window_samples, round(MIN_TAIL_SECONDS * sr)):
+                samples = offset + len(piece)
+                pending.append((offset, piece))
+                if len(pending) >= WINDOWS_PER_WRITE:
+                    flush()
+            if pending:
+                flush()
+        except AudioDecodeError as exc:
+            self._discard(client, physical, written)
+            return FileOutcome(path, "failed", exc.reason)
+        except BaseException:
+            self._discard(client, physical, written)
+            raise
+        # Written last: a file with `windows` on its points is complete (see `_stored`).
+        client.set_payload(physical, {"windows": len(written), "duration": round(samples / sr, 3)},
+                           points=written, wait=True)
+        return FileOutcome(path, "ingested", points=len(written))
+
+    @staticmethod
+    def _discard(client, physical: str, ids: list[str]) -> None:
+        if not ids:
+            return
         from qdrant_client import models
 
-        path = item.path
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return FileOutcome(path, "failed", f"cannot read file: {exc.strerror or exc}"), []
-        digest = content_hash(data)
-        if client is not None:
-            stored = self._stored_windows(client, physical, digest)
-            if stored:
-                return FileOutcome(path, "duplicate", points=stored), []
-        try:
-            wave = decode_audio(data, self.bundle.sample_rate)
-        except AudioDecodeError as exc:
-            return FileOutcome(path, "failed", exc.reason), []
-        sr = self.bundle.sample_rate
-        windows = split_windows(wave, self.window_samples, round(MIN_TAIL_SECONDS * sr))
-        ids = [point_id(digest, i) for i in range(len(windows))]
-        vectors = self.encoder.encode_windows([w for _, w in windows])
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        points = []
-        for i, ((offset, piece), vec) in enumerate(zip(windows, vectors, strict=True)):
-            vector: dict[str, Any] = {"global": vec.global_.tolist()}
-            if self.bundle.has_rerank:
-                vector["tokens"] = vec.rows.tolist()
-            payload = {
-                "source_uri": path, "file_name": Path(path).name, "content_hash": digest,
-                "duration": round(len(wave) / sr, 3), "window_index": i, "windows": len(windows),
-                "window_offset": round(offset / sr, 3), "window_duration": round(len(piece) / sr, 3),
-                "model_version": self.bundle.version, "ingested_at": now, "meta": item.meta,
-            }
-            points.append(models.PointStruct(id=ids[i], vector=vector, payload=payload))
-        return FileOutcome(path, "ingested", points=len(points)), points
+            client.delete(physical, points_selector=models.PointIdsList(points=ids), wait=True)
+        except Exception as exc:  # the incomplete points lack `windows`, so they are never taken as stored
+            log.warning("could not remove %d windows of an incomplete file: %s", len(ids), exc)
 
     def ingest(self, items: Sequence[Item], collection: str, settings: Settings | None = None,
                client=None) -> list[FileOutcome]:
@@ -142,29 +251,33 @@ class Ingestor:
         own = client is None
         client = client or connect(settings or self.settings)
         try:
-            cfg = settings or self.settings
-            physical = ensure_collection(client, collection, self.bundle, cfg.shards or None, cfg.replication or None)
-            outcomes, points = [], []
-            for item in items:
-                outcome, pts = self.prepare(item, client, physical)
-                outcomes.append(outcome)
-                points.extend(pts)
-            for start in range(0, len(points), 64):
-                client.upsert(physical, points=points[start:start + 64], wait=True)
+            physical = self.target(client, collection, settings)
+            outcomes = [ingest_item(item, [(self, physical)], client)[0] for item in items]
+            maybe_build_index(client, physical)
             return outcomes
         finally:
             if own:
                 client.close()
 
     @staticmethod
-    def _stored_windows(client, physical: str, digest: str) -> int:
-        """Number of windows of this content already stored (all of them), else 0."""
-        first = client.retrieve(physical, ids=[point_id(digest, 0)], with_payload=["windows"], with_vectors=False)
-        if not first:
-            return 0
-        count = int(first[0].payload.get("windows", 1))
+    def _stored(client, physical: str, digest: str) -> tuple[int, dict[str, Any]] | None:
+        """(windows, payload of the first window) when every window of this content is stored, else None."""
+        first = client.retrieve(physical, ids=[point_id(digest, 0)],
+                                with_payload=["windows", "source_uri", "sources"], with_vectors=False)
+        if not first or not (first[0].payload or {}).get("windows"):
+            return None
+        count = int(first[0].payload["windows"])
         ids = [point_id(digest, i) for i in range(count)]
-        return count if len(existing_ids(client, physical, ids)) == count else 0
+        return (count, first[0].payload) if len(existing_ids(client, physical, ids)) == count else None
+
+
+def ingest_item(item: Item, targets: Sequence[tuple[Ingestor, str]], client) -> list[FileOutcome]:
+    """One file into every target (ingestor, physical collection); the source is read and hashed once."""
+    try:
+        with local_copy(item.path) as copy:
+            return [ingestor.write_file(item, copy, client, physical) for ingestor, physical in targets]
+    except SourceError as exc:
+        return [FileOutcome(item.path, "failed", exc.reason)] * len(targets)
 
 
 _ingestors: dict[str, Ingestor] = {}
@@ -183,20 +296,51 @@ def ingestor_for(bundle_path: str, settings: Settings) -> Ingestor:
     return _ingestors[key]
 
 
+def write_targets(client, store: JobStore, job_id: str, collection: str, bundle_path: str,
+                  settings: Settings) -> list[str]:
+    """Bundles a batch is written with: the live one (the alias decides, so a rollback is followed even when
+    the job was submitted with another version) and the target of a re-index in progress. A re-index's own
+    job writes its target only."""
+    from hark.registry import registered
+
+    state = store.reindex_state(collection) or {}
+    if state.get("job") == job_id:
+        return [bundle_path]
+    paths = [bundle_path]
+    live = live_version(client, collection)
+    job_version = ingestor_for(bundle_path, settings).bundle.version
+    if live is not None and live != job_version:
+        folder = next((str(f) for v, f, _ in registered(settings) if v == live), None)
+        if folder is not None:
+            paths = [folder]
+        else:
+            log.warning("collection %s serves %s, which is not registered; writing with %s", collection, live,
+                        job_version)
+    if state.get("bundle") and state.get("version") != ingestor_for(paths[0], settings).bundle.version:
+        paths.append(state["bundle"])
+    return paths
+
+
 def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_path: str, store: JobStore,
                   settings: Settings, client=None) -> list[FileOutcome]:
     """One attempt at a batch: records every file's outcome; transient Qdrant errors propagate.
 
-    While a re-index of the collection runs, the batch is also written with the incoming bundle, so files
-    ingested meanwhile end up in both collections.
+    Files go to the live collection and, while a re-index of it runs, also to the new one (see
+    `write_targets`); the outcome reported is the live collection's.
     """
-    ingestor = ingestor_for(bundle_path, settings)
-    outcomes = ingestor.ingest(items, collection, settings, client)
-    reindex = store.reindex_state(collection)
-    if reindex and reindex.get("bundle") and reindex["bundle"] != bundle_path:
-        ok = [i for i, o in zip(items, outcomes, strict=True) if o.status != "failed"]
-        if ok:
-            ingestor_for(reindex["bundle"], settings).ingest(ok, collection, settings, client)
+    own = client is None
+    client = client or connect(settings)
+    try:
+        targets = []
+        for path in write_targets(client, store, job_id, collection, bundle_path, settings):
+            ingestor = ingestor_for(path, settings)
+            targets.append((ingestor, ingestor.target(client, collection, settings)))
+        outcomes = [ingest_item(item, targets, client)[0] for item in items]
+        for _, physical in targets:
+            maybe_build_index(client, physical)
+    finally:
+        if own:
+            client.close()
     meta = {i.path: i.meta for i in items}
     for outcome in outcomes:
         store.record(job_id, outcome.path, outcome.status, outcome.reason)
@@ -220,6 +364,17 @@ def give_up(job_id: str, items: Sequence[Item], collection: str, bundle_path: st
         store.dead_letter(dead_letter_entry(job_id, item.path, reason, collection, bundle_path, item.meta))
 
 
+def retry_delay(settings: Settings, exc: BaseException, attempt: int) -> float | None:
+    """The one retry policy: seconds to wait before attempt `attempt + 1`, or None to give up.
+
+    Only transient store errors (Qdrant unreachable, a busy embedded folder) are retried, with exponential
+    backoff; undecodable audio never is (its outcome is recorded per file, not raised).
+    """
+    if is_transient(exc) and attempt < settings.max_retries:
+        return settings.retry_backoff * 2**attempt
+    return None
+
+
 def run_inline(job_id: str, batches: Sequence[Sequence[Item]], collection: str, bundle_path: str, store: JobStore,
                settings: Settings, on_batch=None, client=None) -> None:
     """The in-process worker: the same batches, with the same retry policy as the Celery task."""
@@ -230,13 +385,12 @@ def run_inline(job_id: str, batches: Sequence[Sequence[Item]], collection: str, 
                 process_batch(job_id, batch, collection, bundle_path, store, settings, client)
                 break
             except Exception as exc:
-                if is_transient(exc) and attempt < settings.max_retries:
-                    delay = settings.retry_backoff * 2**attempt
-                    log.warning("Qdrant unavailable (%s); retrying in %.1f s", exc, delay)
-                    time.sleep(delay)
-                    attempt += 1
-                    continue
-                give_up(job_id, batch, collection, bundle_path, store, f"gave up: {exc}")
-                break
+                delay = retry_delay(settings, exc, attempt)
+                if delay is None:
+                    give_up(job_id, batch, collection, bundle_path, store, f"gave up: {type(exc).__name__}: {exc}")
+                    break
+                log.warning("Qdrant unavailable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                attempt += 1
         if on_batch is not None:
             on_batch()

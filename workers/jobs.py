@@ -2,6 +2,10 @@
 
 Per-file outcomes are recorded by path in sets/hashes, so a redelivered batch that processes a file again
 does not count it twice.
+
+Batches in flight are recorded with the worker that took them and when; workers send heartbeats, so a
+batch whose worker went silent shows as "waiting for redelivery" (and `recovery` puts it back on the queue).
+A finished job's keys expire after HARK_JOB_TTL_DAYS.
 """
 
 from __future__ import annotations
@@ -21,18 +25,35 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def summarize(meta: dict[str, Any], outcomes: dict[str, dict[str, str]]) -> dict[str, Any]:
+WAITING = "waiting for redelivery"
+
+
+def summarize(meta: dict[str, Any], outcomes: dict[str, dict[str, str]],
+              batches: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A job's status; `batches` are its batches in flight, each with `state` "running" or WAITING."""
     counts = {s: 0 for s in STATES}
-    failures = {}
+    failures, duplicates = {}, {}
     for path, outcome in outcomes.items():
         counts[outcome["status"]] += 1
         if outcome["status"] == "failed":
             failures[path] = outcome["reason"]
+        elif outcome["status"] == "duplicate" and outcome.get("reason"):
+            duplicates[path] = outcome["reason"]
     total = int(meta.get("total", 0))
     finished = sum(counts.values())
-    return {**meta, **counts, "total": total, "pending": max(0, total - finished),
-            "state": "done" if finished >= total else "running", "failures": failures,
-            "finished": sorted(outcomes)}
+    batches = batches or []
+    state = "done" if finished >= total else "running"
+    if state == "running" and batches and all(b["state"] == WAITING for b in batches):
+        state = WAITING
+    return {**meta, **counts, "total": total, "pending": max(0, total - finished), "state": state,
+            "failures": failures, "duplicates": duplicates, "batches": batches, "finished": sorted(outcomes)}
+
+
+def worker_name() -> str:
+    """This process as a worker: host and pid (a restarted worker is a new one)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class JobStore(Protocol):
@@ -48,6 +69,12 @@ class JobStore(Protocol):
     def reindex_state(self, collection: str) -> dict[str, Any] | None: ...
     def lock(self, name: str, seconds: int) -> bool: ...
     def unlock(self, name: str) -> None: ...
+    def take(self, job_id: str, task_id: str, worker: str) -> None: ...
+    def release(self, job_id: str, task_id: str) -> None: ...
+    def in_flight(self, job_id: str | None = None) -> list[dict[str, Any]]: ...
+    def mark_requeued(self, job_id: str, task_id: str) -> None: ...
+    def heartbeat(self, worker: str, seconds: float) -> None: ...
+    def alive(self, worker: str) -> bool: ...
 
 
 def dead_letter_entry(job_id: str, path: str, reason: str, collection: str, bundle: str,
@@ -59,11 +86,12 @@ def dead_letter_entry(job_id: str, path: str, reason: str, collection: str, bund
 
 
 class RedisJobStore:
-    def __init__(self, url: str, prefix: str = "hark") -> None:
+    def __init__(self, url: str, prefix: str = "hark", ttl_seconds: float = 30 * 86400) -> None:
         import redis
 
         self.redis = redis.Redis.from_url(url, decode_responses=True)
         self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -76,18 +104,64 @@ class RedisJobStore:
         pipe.execute()
 
     def record(self, job_id: str, path: str, status: str, reason: str = "") -> None:
-        self.redis.hset(self._k("job", job_id, "files"), path, json.dumps({"status": status, "reason": reason}))
+        files = self._k("job", job_id, "files")
+        pipe = self.redis.pipeline()
+        pipe.hset(files, path, json.dumps({"status": status, "reason": reason}))
+        pipe.hlen(files)
+        pipe.hget(self._k("job", job_id), "total")
+        _, finished, total = pipe.execute()
+        if total is not None and finished >= int(total):
+            # Finished: the status stays readable for the retention period, then the keys go.
+            ttl = max(1, int(self.ttl_seconds))
+            pipe = self.redis.pipeline()
+            pipe.hset(self._k("job", job_id), "finished_at", time.time())
+            pipe.expire(self._k("job", job_id), ttl)
+            pipe.expire(files, ttl)
+            pipe.execute()
 
     def status(self, job_id: str) -> dict[str, Any]:
         meta = self.redis.hgetall(self._k("job", job_id))
         if not meta:
             raise KeyError(job_id)
         files = {p: json.loads(v) for p, v in self.redis.hgetall(self._k("job", job_id, "files")).items()}
-        return summarize(meta, files)
+        return summarize(meta, files, self.in_flight(job_id))
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [self.status(j) for j in self.redis.zrange(self._k("jobs"), 0, -1)
-                if self.redis.exists(self._k("job", j))]
+        found = []
+        for j in self.redis.zrange(self._k("jobs"), 0, -1):
+            if self.redis.exists(self._k("job", j)):
+                found.append(self.status(j))
+            else:
+                self.redis.zrem(self._k("jobs"), j)  # expired: drop it from the index too
+        return found
+
+    def take(self, job_id: str, task_id: str, worker: str) -> None:
+        self.redis.hset(self._k("inflight"), f"{job_id}:{task_id}",
+                        json.dumps({"job": job_id, "task": task_id, "worker": worker, "taken": time.time()}))
+
+    def release(self, job_id: str, task_id: str) -> None:
+        self.redis.hdel(self._k("inflight"), f"{job_id}:{task_id}")
+
+    def mark_requeued(self, job_id: str, task_id: str) -> None:
+        key = f"{job_id}:{task_id}"
+        raw = self.redis.hget(self._k("inflight"), key)
+        if raw:
+            entry = json.loads(raw)
+            entry["requeued"] = time.time()
+            self.redis.hset(self._k("inflight"), key, json.dumps(entry))
+
+    def in_flight(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        entries = [json.loads(v) for v in self.redis.hvals(self._k("inflight"))]
+        entries = [e for e in entries if job_id is None or e["job"] == job_id]
+        for e in entries:
+            e["state"] = "running" if not e.get("requeued") and self.alive(e["worker"]) else WAITING
+        return sorted(entries, key=lambda e: e["taken"])
+
+    def heartbeat(self, worker: str, seconds: float) -> None:
+        self.redis.set(self._k("worker", worker), time.time(), px=max(1, int(seconds * 1000)))
+
+    def alive(self, worker: str) -> bool:
+        return bool(self.redis.exists(self._k("worker", worker)))
 
     def dead_letter(self, entry: dict[str, Any]) -> None:
         self.redis.hset(self._k("deadletter"), entry["id"], json.dumps(entry))
@@ -200,6 +274,25 @@ class FileJobStore:
     def unlock(self, name: str) -> None:
         (self.root / f"lock-{name}").unlink(missing_ok=True)
 
+    # The in-process worker runs in the submitting process: nothing is redelivered, nothing is in flight.
+    def take(self, job_id: str, task_id: str, worker: str) -> None:
+        pass
+
+    def release(self, job_id: str, task_id: str) -> None:
+        pass
+
+    def mark_requeued(self, job_id: str, task_id: str) -> None:
+        pass
+
+    def in_flight(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+    def heartbeat(self, worker: str, seconds: float) -> None:
+        pass
+
+    def alive(self, worker: str) -> bool:
+        return True
+
     def count_delivery(self, key: str) -> int:
         counts = self._read(self.root / "deliveries.json", {})
         counts[key] = counts.get(key, 0) + 1
@@ -209,5 +302,5 @@ class FileJobStore:
 
 def job_store(settings) -> JobStore:
     if settings.broker_url:
-        return RedisJobStore(settings.broker_url)
+        return RedisJobStore(settings.broker_url, ttl_seconds=settings.job_ttl_days * 86400)
     return FileJobStore(settings.state_dir)

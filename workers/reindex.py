@@ -17,12 +17,12 @@ import numpy as np
 
 from hark.bundle import Bundle
 from hark.errors import HarkError
-from hark.plugin.store import collection_name, connect, ensure_collection, resolve_collection, version_of
-from hark.registry import registered, resolve_bundle
+from hark.registry import active_pin, pin, registered, resolve_bundle
 from hark.settings import Settings
+from hark.store import collection_name, connect, ensure_collection, resolve_collection, version_of
 
-from .ingest import Item, ingestor_for, split_windows
-from .jobs import JobStore
+from .ingest import Item, ingestor_for, stream_windows
+from .jobs import JobStore, job_store
 from .submit import submit_job, wait_for
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,15 @@ def _sources(client, physical: str) -> tuple[list[Item], dict[str, list[str]]]:
     ids: dict[str, list[str]] = {}
     offset = None
     while True:
-        points, offset = client.scroll(physical, limit=512, offset=offset, with_payload=["source_uri", "meta"],
-                                       with_vectors=False)
+        points, offset = client.scroll(physical, limit=512, offset=offset,
+                                       with_payload=["source_uri", "sources", "meta"], with_vectors=False)
         for p in points:
-            uri = (p.payload or {}).get("source_uri")
+            payload = p.payload or {}
+            uri = payload.get("source_uri")
             if uri:
-                items.setdefault(uri, Item(uri, (p.payload or {}).get("meta") or {}))
+                # The first name first, then the others it was seen under (they re-ingest as duplicates).
+                for name in [uri, *(payload.get("sources") or [])]:
+                    items.setdefault(name, Item(name, payload.get("meta") or {}))
                 ids.setdefault(uri, []).append(str(p.id))
         if offset is None:
             break
@@ -74,7 +77,7 @@ def start(settings: Settings, client, store: JobStore, collection: str, bundle_r
     store.set_reindex(collection, state)
     items, _ = _sources(client, live)
 
-    def remember(job_id: str, _store: JobStore) -> None:
+    def remember(job_id: str) -> None:
         state["job"] = job_id  # recorded before any batch runs, so a crash mid-job can be resumed
         store.set_reindex(collection, state)
 
@@ -104,16 +107,19 @@ def verify(settings: Settings, client, store: JobStore, state: dict[str, Any]) -
 
 
 def _recompute_sample(settings: Settings, client, state: dict[str, Any]) -> int:
-    from hark.audio import decode_audio
+    from hark.audio import iter_audio
+    from hark.sources import local_copy
 
     ingestor = ingestor_for(state["bundle"], settings)
     points, _ = client.scroll(state["target"], limit=SAMPLE_CHECKS, with_payload=True, with_vectors=["global"])
     sr = ingestor.bundle.sample_rate
     for p in points:
         payload = p.payload or {}
-        wave = decode_audio(payload["source_uri"], sr)
-        windows = split_windows(wave, ingestor.window_samples, sr)
-        piece = windows[int(payload["window_index"])][1]
+        index = int(payload["window_index"])
+        with local_copy(payload["source_uri"]) as copy:
+            # Stream up to the window needed: a long recording is never held whole.
+            piece = next(w for i, (_, w) in enumerate(stream_windows(iter_audio(copy.path, sr),
+                                                                       ingestor.window_samples, sr)) if i == index)
         fresh = ingestor.encoder.encode_windows([piece])[0].global_
         stored = np.asarray(p.vector["global"], dtype=np.float32)
         cos = float(fresh @ stored / (np.linalg.norm(fresh) * np.linalg.norm(stored) + 1e-12))
@@ -164,9 +170,12 @@ def reindex(settings: Settings, store: JobStore, collection: str, bundle_ref: st
         elif store.status(state["job"])["state"] != "done":
             # Interrupted: submit the sources again; what is stored already is skipped as a duplicate.
             items, _ = _sources(c, state["from"])
-            job, _ = submit_job(settings, items, collection, bundle_path, client=c)
-            state["job"] = job
-            store.set_reindex(collection, state)
+
+            def remember(job_id: str) -> None:
+                state["job"] = job_id
+                store.set_reindex(collection, state)
+
+            submit_job(settings, items, collection, bundle_path, client=c, on_created=remember)
     finally:
         if client is None:
             c.close()
@@ -179,8 +188,12 @@ def reindex(settings: Settings, store: JobStore, collection: str, bundle_ref: st
             c.close()
 
 
-def rollback(settings: Settings, client, collection: str) -> dict[str, str]:
-    """Switch the alias back to the previous version's collection that still exists."""
+def rollback(settings: Settings, client, collection: str, sticky: bool = True) -> dict[str, str]:
+    """Switch the alias back to the previous version's collection that still exists.
+
+    Sticky by default: the collection is pinned to that version, so the beat does not re-index it forward
+    again until a newer bundle is registered or the pin is lifted.
+    """
     live = resolve_collection(client, collection)
     if live == collection:
         raise ReindexError(f"'{collection}' is not an alias")
@@ -193,7 +206,9 @@ def rollback(settings: Settings, client, collection: str) -> dict[str, str]:
     older = [v for v in candidates if order.get(v, -1) < order.get(current, 10**9)] or candidates
     target = collection_name(collection, older[-1])
     switch_alias(client, collection, target)
-    return {"collection": collection, "live": target, "previous": live}
+    if sticky:
+        pin(settings, collection, older[-1])
+    return {"collection": collection, "live": target, "previous": live, "pinned": older[-1] if sticky else ""}
 
 
 def prune(settings: Settings, client, collection: str) -> list[str]:
@@ -219,6 +234,31 @@ def pending_reindexes(settings: Settings, client) -> list[tuple[str, Path]]:
     todo = []
     for alias in client.get_aliases().aliases:
         current = version_of(alias.collection_name)
-        if current and current != newest_version:
+        if current and current != newest_version and active_pin(settings, alias.alias_name) is None:
             todo.append((alias.alias_name, newest_path))
     return todo
+
+
+def run_tick(settings: Settings) -> dict[str, list[str] | str]:
+    """The beat's tick: finish re-indexes whose job is done, start one where a newer registered version exists."""
+    store = job_store(settings)
+    # Single flight: one tick at a time across every worker; the lock expires by itself.
+    if not store.lock("reindex-tick", max(30, settings.reindex_interval)):
+        return {"skipped": "another tick holds the lock"}
+    actions: dict[str, list] = {"finished": [], "started": [], "running": []}
+    client = connect(settings)
+    try:
+        for alias in client.get_aliases().aliases:
+            state = store.reindex_state(alias.alias_name)
+            if state and state.get("job"):
+                if store.status(state["job"])["state"] == "done":
+                    actions["finished"].append(finish(settings, client, store, alias.alias_name)["live"])
+                else:
+                    actions["running"].append(alias.alias_name)
+        for collection, bundle in pending_reindexes(settings, client):
+            if store.reindex_state(collection) is None:
+                actions["started"].append(start(settings, client, store, collection, str(bundle))["target"])
+    finally:
+        client.close()
+        store.unlock("reindex-tick")
+    return actions

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hark.errors import HarkError
+
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset(
@@ -59,7 +61,7 @@ _ID_LIST_SUFFIXES = (".csv", ".txt", ".json")
 _MISSING_LISTED = 20
 
 
-class DatasetError(ValueError):
+class DatasetError(HarkError, ValueError):
     """An annotation file or dataset folder that cannot be used; the message names the file."""
 
 
@@ -563,4 +565,12 @@ def discover(data_dir: str | Path, split: str) -> list[Example]:
     if not examples:
         found = ", ".join(f"{fmt} in {', '.join(map(str, roots))}" for fmt, roots in accepted.items())
         raise DatasetError(f"{data_dir}: no examples for split {split!r} (found {found})")
+    return examples
+
+
+def load_split(data_dirs: Sequence[str | os.PathLike], split: str) -> list[Example]:
+    """Every example of `split` in every data folder (any mix of the supported formats)."""
+    examples: list[Example] = []
+    for folder in data_dirs:
+        examples.extend(discover(Path(folder), split))
     return examples

@@ -7,6 +7,7 @@ it was interrupted), and the bundle (re-exported only if it fails verification).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def _step(title: str) -> None:
 
 
 def make_corpus(root: Path, seed: int = 0) -> Path:
-    from hark.synth import write_clotho_corpus
+    from hark.demo.synth import write_clotho_corpus
 
     marker = root / ".complete"
     if marker.is_file():
@@ -99,8 +100,7 @@ def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str,
     _step("5/6 evaluate through Qdrant: bi-encoder (cosine prefilter) alone vs with the attention rerank")
     from hark.bundle import Bundle
     from hark.plugin.search import AudioSearch
-    from hark.plugin.store import connect
-    from hark.training.evaluate import relevance_metrics
+    from hark.store import connect
 
     examples = [ex for ex in load_split([corpus], "evaluation")]
     names = [ex.audio_path.name for ex in examples]
@@ -123,7 +123,7 @@ def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str,
                         if hit.payload.get("file_name") in column:
                             scores[row, column[hit.payload["file_name"]]] = hit.score
             table[label] = metrics.retrieval_metrics(scores, targets)
-            table[label].update(relevance_metrics(scores, queries, names, relevance))
+            table[label].update(metrics.relevance_metrics(scores, queries, names, relevance)[0])
         print(f"{'':22s}" + "".join(f"{k:>10s}" for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")))
         for label, row in table.items():
             print(f"{label:22s}" + "".join(f"{row[k]:10.1f}" for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")))
@@ -135,9 +135,12 @@ def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str,
     finally:
         client.close()
     elapsed = time.time() - started
-    print(f"\ndone in {elapsed:.0f} s. Next:\n"
+    hark = Path(sys.executable).with_name("hark")
+    print(f"\ndone in {elapsed:.0f} s. `hark` lives in this environment: run `source {hark.parent}/activate` "
+          f"first, or call it as {hark}. Next:\n"
           f'  hark search "a dog barks while rain falls"      # the embedded collection, ranked with rerank\n'
-          f"  hark serve                                       # HTTP: Qdrant-compatible queries, /search, /infer\n"
+          f"  hark serve                                       # the search page at http://127.0.0.1:8000/ui, "
+          f"Qdrant-compatible queries, /infer\n"
           f"  hark ingest PATH...                              # your own audio\n"
           f"  hark evaluate --checkpoint {run_dir} --data {corpus}")
     return {"metrics": table, "bundle": str(bundle_dir), "run": str(run_dir), "seconds": round(elapsed, 1)}

@@ -1,38 +1,30 @@
-"""The Qdrant collection (DESIGN.md contract 2): connection, schema from the manifest, ids and payloads.
+"""The store layer (contract 2 of ARCHITECTURE.md): one interface, two engines; schema from the manifest.
 
-One code path for the embedded folder and a server; server-only features (payload indexes, aliases,
-snapshots) are asked for the same way and are no-ops where local mode ignores them.
+The interface is the subset of `qdrant_client.QdrantClient` that hark calls, with qdrant-client's types:
+`connect()` returns a `QdrantClient` for a Qdrant server (`HARK_QDRANT_URL`) or an `EdgeStore`, Qdrant's
+own embedded engine (qdrant-edge: the server's segment code, HNSW) in a folder (`HARK_QDRANT_PATH`). The
+embedded engine has no collections, aliases or background optimiser; `hark.store.edge` provides them.
+Workers, re-indexing, the facade and `hark serve` only use this interface; the facade also takes a user's
+own `QdrantClient`.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from hark.bundle import Bundle, VectorSpec
-from hark.errors import HarkError
 from hark.settings import Settings
+from hark.store.errors import StoreError, StoreUnavailableError  # noqa: F401  (the layer's errors)
 
 log = logging.getLogger(__name__)
 
 # Fixed namespace: point ids are uuid5(namespace, "<content sha256>:<window index>").
 POINT_NAMESPACE = uuid.UUID("6f6c6a8e-3b1d-5c2a-9d4e-8a7b1c0d2e3f")
-# Payload fields that filters commonly use; indexed on servers (local mode ignores indexes).
+# Payload fields that filters and ingestion use; indexed in both engines.
 INDEXED_FIELDS = {"content_hash": "keyword", "source_uri": "keyword", "model_version": "keyword"}
-
-
-class StoreUnavailableError(HarkError):
-    """Qdrant cannot be reached (server down, or the embedded folder is held by another process).
-
-    Transient: workers retry these with backoff.
-    """
-
-
-class StoreError(HarkError):
-    pass
 
 
 def point_id(content_hash: str, window: int) -> str:
@@ -40,20 +32,25 @@ def point_id(content_hash: str, window: int) -> str:
 
 
 def connect(settings: Settings):
-    """A QdrantClient for the settings: a server when HARK_QDRANT_URL is set, else the embedded folder."""
-    from qdrant_client import QdrantClient
+    """The store for the settings: a Qdrant server when HARK_QDRANT_URL is set, else the embedded folder.
 
+    The embedded folder has one owner process; a second opener gets `StoreUnavailableError`.
+    """
     if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
         return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=30)
-    try:
-        return QdrantClient(path=settings.qdrant_path)
-    except RuntimeError as exc:
-        if "already accessed" in str(exc):
-            raise StoreUnavailableError(
-                f"the embedded Qdrant folder {settings.qdrant_path} is in use by another process (a running "
-                "`hark worker` or `hark serve`?); stop it, or use a Qdrant server (HARK_QDRANT_URL) for "
-                "concurrent access") from exc
-        raise
+    from hark.store.edge import EdgeStore  # lazily: a server deployment never loads the embedded engine
+
+    return EdgeStore(settings.qdrant_path)
+
+
+def maybe_build_index(client, collection: str) -> None:
+    """After an ingest batch: the embedded engine has no background optimiser, so it builds its HNSW index
+    once enough points are outside it (a server optimises by itself)."""
+    build = getattr(client, "maybe_optimize", None)
+    if build is not None:
+        build(collection)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -119,10 +116,8 @@ def ensure_collection(client, base: str, bundle: Bundle, shards: int | None = No
         vectors = {spec.name: vector_params(spec) for spec in bundle.vectors()}
         client.create_collection(physical, vectors_config=vectors, shard_number=shards,
                                  replication_factor=replication)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # local mode: "payload indexes have no effect"
-            for field_name, kind in INDEXED_FIELDS.items():
-                client.create_payload_index(physical, field_name, kind)
+        for field_name, kind in INDEXED_FIELDS.items():
+            client.create_payload_index(physical, field_name, kind)
         log.info("created collection %s", physical)
     else:
         check_schema(client, physical, bundle)
