@@ -12,8 +12,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hark.exporters.onnx_export import export_bundle
     from hark.plugin.verify import verify_bundle
 
+    calibration = None
+    if args.calibrate_on:
+        from hark.training.calibrate import calibrate_checkpoint
+
+        calibration = calibrate_checkpoint(args.checkpoint, args.calibrate_on, args.calibrate_split)
     out = export_bundle(args.checkpoint, args.out, precision=args.precision, exporter=args.exporter,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, calibration=calibration)
     report = verify_bundle(out)
     if args.json:
         print_json(report)
@@ -79,6 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"],
                    help="torch.onnx exporter to use")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--calibrate-on", action="append", metavar="DIR",
+                   help="dataset folder whose validation split fits the fusion weights (and whether to rerank); "
+                   "repeatable")
+    p.add_argument("--calibrate-split", default="validation", help="split to fit on (default: validation)")
     add_json(p, "print the verification report as JSON")
     p.set_defaults(func=cmd_export)
 

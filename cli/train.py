@@ -34,8 +34,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.register:
         from hark.exporters.onnx_export import export_bundle
         from hark.registry import register
+        from hark.training.calibrate import calibrate_checkpoint
 
-        exported = export_bundle(Path(args.out) / "best.pt", Path(args.out) / "bundle", overwrite=True)
+        best = Path(args.out) / "best.pt"
+        exported = export_bundle(best, Path(args.out) / "bundle", overwrite=True,
+                                 calibration=calibrate_checkpoint(best, args.data, "validation"))
         registered_to = str(register(settings_from(args), exported))
     summary = {"out": str(result.out_dir), "epochs": result.epochs_run, "best_val_mAP@10": result.best_metric,
                "last": result.history[-1] if result.history else {}, "registered": registered_to}

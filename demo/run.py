@@ -67,15 +67,22 @@ def run_demo(work: Path, device: str = "auto", quiet: bool = False) -> dict[str,
                    progress=not quiet)
     print(f"best validation mAP@10 {result.best_metric:.1f} after {result.epochs_run} epochs ({run_dir})")
 
-    _step("3/6 export the model bundle and verify it")
+    _step("3/6 fit the fusion of the two heads on the validation split, export the model bundle, verify it")
     bundle_dir = work / "bundle"
     try:
         report = verify_bundle(bundle_dir)
         print(f"reusing bundle {report['version']} in {bundle_dir}")
     except Exception:
         from hark.exporters.onnx_export import export_bundle
+        from hark.training.calibrate import calibrate_checkpoint
 
-        export_bundle(run_dir / "best.pt", bundle_dir, precision="fp32", overwrite=True)
+        calibration = calibrate_checkpoint(run_dir / "best.pt", [corpus], "validation")
+        if calibration:
+            val = calibration["validation"]
+            print(f"validation mAP@10: cosine {val['cosine']:.1f}, attention {val['attention']:.1f}, fused "
+                  f"{val['fused']:.1f} with weights {calibration['fusion']}"
+                  + ("" if calibration["rerank"] else " (the rerank does not help: it is off by default)"))
+        export_bundle(run_dir / "best.pt", bundle_dir, precision="fp32", overwrite=True, calibration=calibration)
         report = verify_bundle(bundle_dir)
         print(f"exported bundle {report['version']} to {bundle_dir}; parity {json.dumps(report['parity'])}")
 

@@ -144,12 +144,14 @@ def _reduce_precision(src: Path, dst: Path, precision: str) -> None:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp32",
-                  exporter: str = "torchscript", overwrite: bool = False) -> Path:
+                  exporter: str = "torchscript", overwrite: bool = False,
+                  calibration: dict[str, Any] | None = None) -> Path:
     """Export a trained checkpoint as a bundle folder; returns the folder.
 
     fp32 graphs are always written and must match PyTorch (cosine >= 0.9999); `precision` adds
     reduced-precision variants of the encoders, made the bundle's default, with their measured deviation
-    recorded in the manifest.
+    recorded in the manifest. `calibration` (`training.calibrate.Calibration.to_dict()`) replaces the
+    config's fusion weights with fitted ones and is recorded in the manifest.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}")
@@ -162,7 +164,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
         raise ExportError("a bundle needs the cosine head (the prefilter); export a joint or base model")
     work = Path(tempfile.mkdtemp(prefix="hark-export-", dir=out.parent if out.parent.exists() else None))
     try:
-        manifest = _write_bundle(model, payload, work, precision, exporter)
+        manifest = _write_bundle(model, payload, work, precision, exporter, calibration)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -175,7 +177,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
 
 
 def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, precision: str,
-                  exporter: str) -> Manifest:
+                  exporter: str, calibration: dict[str, Any] | None = None) -> Manifest:
     inputs = _example_inputs(model)
     graphs: dict[str, dict[str, Any]] = {}
     parity: dict[str, dict[str, float]] = {}
@@ -240,6 +242,9 @@ def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, pr
         export={"exporter": exporter, "opset": OPSET if exporter != "dynamo" else max(OPSET, 18),
                 "seconds": timings, "torch": torch.__version__},
         files=files,
+        calibration=dict(calibration or {}),
     )
+    if calibration and attention is not None:
+        manifest.heads.fusion.update({k: float(v) for k, v in calibration["fusion"].items()})
     (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
     return manifest

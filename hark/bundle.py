@@ -103,6 +103,11 @@ class Bundle:
     def fusion(self) -> dict[str, float]:
         return dict(self.manifest.heads.fusion)
 
+    @property
+    def rerank_by_default(self) -> bool:
+        """False when calibration found the attention rerank no better than the cosine prefilter alone."""
+        return self.has_rerank and bool(self.manifest.calibration.get("rerank", True))
+
     def vectors(self) -> list[VectorSpec]:
         return list(self.manifest.vectors.values())
 

@@ -107,6 +107,9 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    # How the fusion weights were chosen: the validation metric of each head alone and fused, and whether
+    # the rerank is worth running at all (training.calibrate). Empty when the weights are the config's.
+    calibration: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of newer formats, kept as they were
 
     # -- reading ------------------------------------------------------------------------------------
@@ -141,6 +144,7 @@ class Manifest:
             training=dict(data.get("training") or {}),
             parity=dict(data.get("parity") or {}),
             export=dict(data.get("export") or {}),
+            calibration=dict(data.get("calibration") or {}),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -171,6 +175,8 @@ class Manifest:
             "export": self.export,
             "files": self.files,
         }
+        if self.calibration:
+            out["calibration"] = self.calibration
         return {**self.extra, **out}
 
 
