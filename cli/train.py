@@ -129,6 +129,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from hark.training.report import render
+
+    out = render(Path(args.run), Path(args.out) if args.out else None)
+    if args.json:
+        print_json({"report": str(out)})
+    else:
+        print(f"curves written to {out} (open it in a browser); TensorBoard: tensorboard --logdir "
+              f"{Path(args.run) / 'tensorboard'}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("configs", help="list the named model configs")
     add_json(p)
@@ -180,3 +192,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p, "torch device")
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="render a run's loss and validation curves to an HTML page",
+                       description="Reads RUN/metrics.jsonl (written by `hark train` and `hark distill`, beside "
+                       "TensorBoard event files in RUN/tensorboard) and writes one self-contained HTML page.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", metavar="FILE", help="where to write (default RUN/report.html)")
+    add_json(p, "print the written path as JSON")
+    p.set_defaults(func=cmd_report)
