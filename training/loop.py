@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data.dataset import AudioCaptionDataset, collate
 from .data.formats import Example
 from .evaluate import score_split, split_metrics
-from .model import RetrievalModel
+from .model import CheckpointError, RetrievalModel, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,26 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors, lists and numbers, so that a weights_only load restores it."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @dataclass
@@ -155,33 +163,41 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
         self.log = MetricsLog(self.out_dir)
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
-        self.best = -1.0
+        self.best = -math.inf  # no validation split: the best epoch is the one with the lowest loss
         self.history: list[dict[str, Any]] = []
         self._val_clips = None
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def model_state(self) -> dict[str, Any]:
+        """best.pt: what export and evaluation need (weights, config, tokenizer) and the run's progress."""
         payload = self.model.checkpoint_payload()
+        payload.update({"epoch": self.epoch, "global_step": self.global_step, "best": self.best,
+                        "history": self.history})
+        return payload
+
+    def state(self) -> dict[str, Any]:
+        """last.pt: best.pt's content plus what an exact resume needs (optimiser, schedule, RNGs, position)."""
+        payload = self.model_state()
         payload.update({
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step,
-            "best": self.best,
-            "history": self.history,
             "rng": _rng_state(),
         })
         return payload
 
     def save(self, name: str = "last.pt") -> Path:
         path = self.out_dir / name
-        _atomic_save(self.state(), path)
+        _atomic_save(self.state() if name == "last.pt" else self.model_state(), path)
         return path
 
-    def resume(self, path: Path) -> None:
-        payload = torch.load(path, map_location=self.device, weights_only=False)
+    def resume(self, source: Path | dict[str, Any]) -> None:
+        """Continue from last.pt (a path, or its payload already read by the caller)."""
+        payload = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+        if "optimizer" not in payload:
+            raise CheckpointError("cannot resume from a checkpoint without training state (a best.pt?); "
+                                  "resume from the run's last.pt")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -190,7 +206,7 @@ class Trainer:
         self.global_step, self.best = payload["global_step"], payload["best"]
         self.history = payload["history"]
         _set_rng_state(payload["rng"])
-        log.info("resumed from %s at epoch %d, batch %d", path, self.epoch, self.batch_in_epoch)
+        log.info("resumed at epoch %d, batch %d", self.epoch, self.batch_in_epoch)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:

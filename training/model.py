@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,13 +11,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from hark.errors import HarkError
 from hark.text import TextTokenizer
 
 from .config import ModelConfig
 from .heads import CosineHead, CrossModalAttentionHead
-from .towers import AudioTower, TextTower
+from .towers import AudioTower, TextTower, hf_config_dict
 
-CHECKPOINT_FORMAT = 1
+# 2: loadable with torch.load(weights_only=True); best.pt without, last.pt with the training state.
+CHECKPOINT_FORMAT = 2
+# Training progress kept in best.pt too (evaluation and export report it).
+PROGRESS_KEYS = ("epoch", "global_step", "best", "history")
 
 
 @dataclass
@@ -92,41 +98,97 @@ class RetrievalModel(nn.Module):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:
+        """What export, evaluation and --init need (best.pt); plain values only, so weights_only loads it."""
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "tokenizer": self.tokenizer.to_json(),
-            "text_hf_config": self.text.net.config.to_dict(),
+            "text_hf_config": hf_config_dict(self.text.net),
             "model": self.state_dict(),
         }
 
 
-def restore_model(payload: dict[str, Any], source: str = "checkpoint") -> RetrievalModel:
-    """Rebuild a model from a checkpoint payload without downloading anything."""
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{source}: unsupported checkpoint format {payload.get('format')!r}")
+class CheckpointError(HarkError, ValueError):
+    """A checkpoint that cannot be read (missing, foreign, or written by an older hark)."""
+
+
+# Keys of the AudioSet classifier that checkpoints from before format 2 carried (hark never used them).
+_LEGACY_KEYS = ("audio.net.head.1.", "audio.net.head_dist.")
+
+
+def restore_model(payload: dict[str, Any], source: str = "checkpoint", assign: bool = False) -> RetrievalModel:
+    """Rebuild a model from a checkpoint payload without downloading anything.
+
+    `assign` adopts the payload's tensors as the parameters instead of copying them (for a memory-mapped
+    payload: no second copy of the weights in memory).
+    """
+    if payload.get("format") not in {1, CHECKPOINT_FORMAT}:
+        raise CheckpointError(f"{source}: unsupported checkpoint format {payload.get('format')!r}")
     cfg = ModelConfig.from_dict(payload["config"], source)
     if cfg.audio.init != "random":
         cfg.audio.init = "none"  # architecture only; the weights come from the checkpoint
     tokenizer = TextTokenizer.from_json(payload["tokenizer"], cfg.text.max_tokens)
     model = RetrievalModel(cfg, tokenizer, payload["text_hf_config"])
-    model.load_state_dict(payload["model"])
+    state = {k: v for k, v in payload["model"].items() if not k.startswith(_LEGACY_KEYS)}
+    model.load_state_dict(state, assign=assign)
     return model
 
 
+def _resave_hint(path: Path) -> str:
+    return (f"retrain, or (only if you trust the file) re-save it: python -c \"from hark.training.model import "
+            f"resave_checkpoint; resave_checkpoint('{path}', '{path.with_name(path.stem + '-v2.pt')}')\"")
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = True) -> dict[str, Any]:
+    """A hark checkpoint's payload, read safely (weights_only=True), memory-mapped where it stays on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    mmap = mmap and torch.device(map_location).type == "cpu"
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: holds pickled Python objects (written by hark before checkpoint format "
+                              f"{CHECKPOINT_FORMAT}, or not by hark); {_resave_hint(path)}") from exc
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path}: not a hark checkpoint")
+    return payload
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[RetrievalModel, dict[str, Any]]:
-    """A trained model and the rest of its checkpoint (epoch, metrics, ...)."""
+    """A trained model and the rest of its checkpoint (epoch, metrics, ...).
+
+    A run folder means its best.pt (else last.pt). On the CPU the file is memory-mapped and the model adopts
+    its tensors, so loading takes about one copy of the weights, never the optimiser state of a last.pt.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise ValueError(f"{path}: not a hark checkpoint")
-    model = restore_model(payload, str(path))
+    payload = read_checkpoint(path, map_location)
+    model = restore_model(payload, str(path), assign=True)
     model.eval()
     return model, payload
+
+
+def resave_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite a checkpoint of an older hark as a current best.pt-style file (weights, config, tokenizer).
+
+    The source is unpickled without the weights_only guard: run this only on files you trust.
+    """
+    old = torch.load(Path(src), map_location="cpu", weights_only=False)
+    if not isinstance(old, dict) or "model" not in old or "config" not in old:
+        raise CheckpointError(f"{src}: not a hark checkpoint")
+    hf = old.get("text_hf_config")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.loads(json.dumps(old["config"])),
+        "tokenizer": str(old["tokenizer"]),
+        "text_hf_config": json.loads(json.dumps(hf, default=str)) if hf is not None else None,
+        "model": {k: v for k, v in old["model"].items() if not k.startswith(_LEGACY_KEYS)},
+    }
+    payload.update({k: json.loads(json.dumps(old[k])) for k in PROGRESS_KEYS if k in old})
+    dst = Path(dst)
+    torch.save(payload, dst)
+    return dst
