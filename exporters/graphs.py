@@ -21,7 +21,6 @@ from torch import nn
 from hark.training.frontend import MelFrontEnd
 from hark.training.heads import safe_cosine, token_mean
 from hark.training.model import RetrievalModel
-from hark.training.towers import PASST_FRAMES
 
 
 def row_size(audio_dim: int, heads: int, max_segments: int) -> int:
@@ -32,10 +31,12 @@ class AudioGraph(nn.Module):
     def __init__(self, model: RetrievalModel) -> None:
         super().__init__()
         self.frontend = MelFrontEnd(model.cfg.audio, dft_conv=True)
+        # The frames the tower's time positional embedding spans (the training crop), from the config.
+        self.frames = int(model.cfg.audio.frames)
         self.net = model.audio.net
 
     def forward(self, segments: torch.Tensor) -> torch.Tensor:
-        mel = self.frontend(segments)[:, :, :PASST_FRAMES]
+        mel = self.frontend(segments)[:, :, : self.frames]
         feats = self.net.forward_features(mel[:, None])
         return (feats[0] + feats[1]) / 2 if isinstance(feats, tuple) else feats
 

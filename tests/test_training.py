@@ -93,7 +93,7 @@ def small_corpus(tmp_path_factory):
 
 
 def _state(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(small_corpus, tmp_path):
@@ -103,7 +103,7 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(small_corpus, 
     # 3 steps per epoch; stop after 4 (inside epoch 2), as if killed, then resume in a fresh call.
     partial = train(cfg, [small_corpus], tmp_path / "resumed", device="cpu", progress=False, stop_after_steps=4)
     assert partial.epochs_run == 1
-    mid = torch.load(tmp_path / "resumed" / "last.pt", map_location="cpu", weights_only=False)
+    mid = torch.load(tmp_path / "resumed" / "last.pt", map_location="cpu", weights_only=True)
     assert (mid["epoch"], mid["batch_in_epoch"]) == (1, 1)
     resumed = train(cfg, [small_corpus], tmp_path / "resumed", device="cpu", progress=False)
     assert resumed.epochs_run == straight.epochs_run == 2
