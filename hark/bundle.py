@@ -40,10 +40,19 @@ class Bundle:
         self.root = root
         self.manifest = manifest
         self._sessions: dict[tuple[str, str], Any] = {}
+        self._lazy = False
+        self._verified: set[str] = set()
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
+    def load(cls, path: str | os.PathLike, verify_hashes: bool | str = "used") -> Bundle:
+        """Read and check a bundle folder.
+
+        `verify_hashes`: True hashes every file now (`hark bundle verify`, registering); "used" (the
+        default) checks that every listed file exists now and hashes each file when it is first used (a
+        graph's session, the tokenizer), so a query process does not read gigabytes of variants it never
+        loads; False skips hashing.
+        """
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"bundle folder not found: {root}")
@@ -60,9 +69,30 @@ class Bundle:
             raise BundleError(str(exc)) from exc
         _check_text_front_end(manifest, manifest_path)
         bundle = cls(root, manifest)
-        if verify_hashes:
+        if verify_hashes == "used":
+            bundle._lazy = True
+            bundle.check_present()
+        elif verify_hashes:
             bundle.verify_files()
         return bundle
+
+    def check_present(self) -> None:
+        for name in self.manifest.files:
+            if not (self.root / name).is_file():
+                raise BundleError(f"{self.root / name}: listed in the manifest but missing")
+
+    def _verify_used(self, path: Path) -> None:
+        """Hash one file before its first use (lazy mode); each file once per process."""
+        if not self._lazy or path.name in self._verified:
+            return
+        expected = self.manifest.files.get(path.name)
+        if expected is None:
+            raise BundleError(f"{path}: not listed in the manifest")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(f"{path}: sha256 mismatch (file is damaged or was replaced); "
+                              f"expected {expected[:12]}..., found {actual[:12]}...")
+        self._verified.add(path.name)
 
     def verify_files(self) -> None:
         for name, expected in self.manifest.files.items():
@@ -114,6 +144,7 @@ class Bundle:
     @cached_property
     def tokenizer(self) -> TextTokenizer:
         text = self.manifest.text
+        self._verify_used(self.root / text.tokenizer)
         return TextTokenizer.from_file(self.root / text.tokenizer, text.max_tokens)
 
     def graph_path(self, graph: str, precision: str | None = None) -> Path:
@@ -133,7 +164,9 @@ class Bundle:
 
         key = (graph, precision or "default")
         if key not in self._sessions:
-            self._sessions[key] = create_session(self.graph_path(graph, precision), device)
+            path = self.graph_path(graph, precision)
+            self._verify_used(path)
+            self._sessions[key] = create_session(path, device)
         return self._sessions[key]
 
 

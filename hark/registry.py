@@ -56,10 +56,10 @@ def register(settings: Settings, bundle_dir: str | Path) -> Path:
 
     from hark.bundle import Bundle
 
-    bundle = Bundle.load(bundle_dir)
+    bundle = Bundle.load(bundle_dir, verify_hashes=True)
     target = Path(settings.models_dir) / f"{bundle.name}-{bundle.version}"
     if (target / MANIFEST).is_file():
-        Bundle.load(target)  # an existing copy must still verify
+        Bundle.load(target, verify_hashes=True)  # an existing copy must still verify
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

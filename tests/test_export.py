@@ -190,3 +190,21 @@ def test_fp16_variant_and_export_refusals(trained_run, tmp_path):
         export_bundle(trained_run[0] / "best.pt", out)
     with pytest.raises(ExportError, match="precision"):
         export_bundle(trained_run[0] / "best.pt", tmp_path / "x", precision="int4")
+
+
+def test_query_processes_hash_only_the_files_they_use(bundle_dir, tmp_path):
+    from hark.bundle import Bundle
+
+    broken = tmp_path / "b"
+    shutil.copytree(bundle_dir, broken)
+    with open(broken / "text.onnx", "ab") as fh:  # the fp32 variant; the int8 one is the default
+        fh.write(b"\0")
+    bundle = Bundle.load(broken)  # default: lazy hashing
+    assert bundle.session("text", "cpu") is not None  # int8 graph: intact, loads
+    with pytest.raises(BundleError, match=r"text\.onnx: sha256 mismatch"):
+        bundle.session("text", "cpu", "fp32")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        Bundle.load(broken, verify_hashes=True)
+    (broken / "rerank.onnx").unlink()
+    with pytest.raises(BundleError, match=r"rerank\.onnx: listed in the manifest but missing"):
+        Bundle.load(broken)
