@@ -48,7 +48,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hark.plugin.service import create_app
+    from hark.plugin.serve import create_app
 
     settings = settings_from(args)
     if args.collection:

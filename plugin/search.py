@@ -13,8 +13,9 @@ Works with any QdrantClient (embedded folder or server URL). Torch-free.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ import numpy as np
 from hark.bundle import Bundle
 from hark.errors import HarkError
 
-from .models import Reranker, TextEncoder
+from .encoders import Reranker, TextBatch, TextEncoder
 
 MAX_LIMIT = 1000
-MAX_CANDIDATES = 5000
+MAX_CANDIDATES = 5000  # also the deepest page: limit + offset
 DEFAULT_CANDIDATES = 200
 
 
@@ -37,7 +38,7 @@ class QueryError(HarkError):
 
 @dataclass
 class Hit:
-    id: str
+    id: int | str  # the point id as Qdrant stores it (integer ids stay integers)
     score: float  # the fused score (manifest weights over the parts below)
     cosine: float
     rerank: float | None
@@ -51,7 +52,8 @@ class Hit:
 
 @dataclass
 class StageTimes:
-    """Seconds per stage of the last query (or batch)."""
+    """Seconds per stage of one query (or batch). With a shared encoder call (`encode=`), `text_encoder` is the
+    time this call spent waiting for and in that call."""
 
     tokenize: float = 0.0
     text_encoder: float = 0.0
@@ -61,6 +63,23 @@ class StageTimes:
 
     def as_ms(self) -> dict[str, float]:
         return {k: round(v * 1000, 3) for k, v in asdict(self).items()}
+
+
+@dataclass
+class SearchResult:
+    """What one call returns: the hits of each query and the timings of this call only."""
+
+    hits: list[list[Hit]]
+    times: StageTimes
+
+
+# An encoder override: (text encoder, texts) -> (the batch, seconds spent tokenizing). The service passes a
+# micro-batcher here so concurrent requests share one encoder call.
+Encode = Callable[[TextEncoder, list[str]], tuple[TextBatch, float]]
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
 
 
 def parse_filter(flt: Any):
@@ -102,27 +121,44 @@ class AudioSearch:
         self.candidates = candidates
         self.registry = registry
         self._engines: dict[str, tuple[Bundle, TextEncoder, Reranker | None]] = {}
+        self._engines_lock = threading.Lock()  # loading a version's sessions once, whichever thread asks first
+        self._local = threading.local()  # per-thread timings of the last call (the `last_times` accessor)
         self._use(bundle if isinstance(bundle, Bundle) else Bundle.load(bundle))
-        self.last_times = StageTimes()
 
-    def _use(self, bundle: Bundle) -> None:
-        if bundle.version not in self._engines:
-            reranker = Reranker(bundle, self.device) if bundle.has_rerank else None
-            self._engines[bundle.version] = (bundle, TextEncoder(bundle, self.device, self.text_precision), reranker)
-        self.bundle, self.text, self.reranker = self._engines[bundle.version]
+    @property
+    def last_times(self) -> StageTimes:
+        """Timings of the last `search`/`search_batch` made by the calling thread (use `query` for the timings
+        of a given call; concurrent threads never see each other's)."""
+        return getattr(self._local, "times", None) or StageTimes()
+
+    def _engine(self, bundle: Bundle) -> tuple[Bundle, TextEncoder, Reranker | None]:
+        with self._engines_lock:
+            if bundle.version not in self._engines:
+                reranker = Reranker(bundle, self.device) if bundle.has_rerank else None
+                self._engines[bundle.version] = (bundle, TextEncoder(bundle, self.device, self.text_precision),
+                                                 reranker)
+            return self._engines[bundle.version]
+
+    def _use(self, bundle: Bundle) -> tuple[Bundle, TextEncoder, Reranker | None]:
+        engine = self._engine(bundle)
+        # The attributes name the engine used last (documented API); each call works on its own tuple.
+        self.bundle, self.text, self.reranker = engine
         self.fusion = self.bundle.fusion
+        return engine
 
-    def _follow_alias(self, collection: str) -> None:
+    def _follow_alias(self, collection: str, store_call: Callable[[Callable[[], Any]], Any] | None = None,
+                      ) -> tuple[Bundle, TextEncoder, Reranker | None]:
+        current = self._engine(self.bundle)
         if self.registry is None:
-            return
+            return current
         from hark.registry import resolve_bundle
+        from hark.store import live_version
 
-        from .store import live_version
-
-        version = live_version(self.client, collection)
-        if version and version != self.bundle.version:
+        version = (store_call or _call)(lambda: live_version(self.client, collection))
+        if version and version != current[0].version:
             cached = self._engines.get(version)
-            self._use(cached[0] if cached else Bundle.load(resolve_bundle(self.registry, version)))
+            return self._use(cached[0] if cached else Bundle.load(resolve_bundle(self.registry, version)))
+        return current
 
     # -- public API ----------------------------------------------------------------------------------
     def search(self, text: str, limit: int = 10, filter: Any = None, candidates: int | None = None,
@@ -134,37 +170,54 @@ class AudioSearch:
                      rerank: bool = True, group_by_source: bool = False,
                      collection: str | None = None) -> list[list[Hit]]:
         """Several queries, batched end to end (one encoder call, one Qdrant round trip, one rerank call)."""
+        result = self.query(texts, limit, filter, candidates, rerank, group_by_source, collection)
+        self._local.times = result.times
+        return result.hits
+
+    def query(self, texts: Sequence[str], limit: int = 10, filter: Any = None, candidates: int | None = None,
+              rerank: bool = True, group_by_source: bool = False, collection: str | None = None, offset: int = 0,
+              encode: Encode | None = None, store_call: Callable[[Callable[[], Any]], Any] | None = None,
+              ) -> SearchResult:
+        """`search_batch` with this call's own timings, paging (`offset`), and hooks for a server: `encode`
+        replaces the encoder call (micro-batching), `store_call(fn)` runs the Qdrant call (a lock, say)."""
         from qdrant_client import models
 
-        texts = self._check(texts, limit, candidates)
-        self._follow_alias(collection or self.collection)
-        k = max(candidates or self.candidates, limit)
+        texts = self._check(texts, limit, candidates, offset)
+        bundle, text_encoder, reranker = self._follow_alias(collection or self.collection, store_call)
+        k = max(candidates or self.candidates, limit + offset)
         flt = parse_filter(filter)
-        use_rerank = rerank and self.reranker is not None
+        use_rerank = rerank and reranker is not None
         times = StageTimes()
         start = time.perf_counter()
-        ids, mask = self.text.tokenizer.encode(texts)
-        times.tokenize = time.perf_counter() - start
-        start = time.perf_counter()
-        sentence, tokens = self.text.session.run(None, {"input_ids": ids, "attention_mask": mask})
-        times.text_encoder = time.perf_counter() - start
+        if encode is None:
+            ids, mask = text_encoder.tokenizer.encode(texts)
+            times.tokenize = time.perf_counter() - start
+            start = time.perf_counter()
+            sentence, tokens = text_encoder.session.run(None, {"input_ids": ids, "attention_mask": mask})
+            times.text_encoder = time.perf_counter() - start
+        else:
+            batch, times.tokenize = encode(text_encoder, texts)
+            sentence, tokens, mask = batch.sentence, batch.tokens, batch.mask
+            times.text_encoder = max(0.0, time.perf_counter() - start - times.tokenize)
         start = time.perf_counter()
         requests = [models.QueryRequest(query=s.tolist(), using="global", limit=k, filter=flt, with_payload=True,
                                         with_vector=["tokens"] if use_rerank else False) for s in sentence]
-        responses = self.client.query_batch_points(collection or self.collection, requests=requests)
+
+        def prefilter():
+            return self.client.query_batch_points(collection or self.collection, requests=requests)
+
+        responses = store_call(prefilter) if store_call is not None else prefilter()
         times.prefilter = time.perf_counter() - start
-        results = []
         rerank_scores: list[np.ndarray | None] = [None] * len(texts)
         if use_rerank:
             start = time.perf_counter()
-            rerank_scores = self._rerank(tokens, mask, [r.points for r in responses])
+            rerank_scores = self._rerank(reranker, tokens, mask, [r.points for r in responses])
             times.rerank = time.perf_counter() - start
         start = time.perf_counter()
-        for response, att in zip(responses, rerank_scores, strict=True):
-            results.append(self._fuse(response.points, att, limit, group_by_source))
+        results = [self._fuse(bundle.fusion, response.points, att, limit + offset, group_by_source)[offset:]
+                   for response, att in zip(responses, rerank_scores, strict=True)]
         times.fuse = time.perf_counter() - start
-        self.last_times = times
-        return results
+        return SearchResult(results, times)
 
     async def asearch(self, text: str, **kwargs: Any) -> list[Hit]:
         """`search` without blocking the event loop (runs in the default executor)."""
@@ -177,7 +230,7 @@ class AudioSearch:
 
     # -- internals -----------------------------------------------------------------------------------
     @staticmethod
-    def _check(texts: Sequence[str], limit: int, candidates: int | None) -> list[str]:
+    def _check(texts: Sequence[str], limit: int, candidates: int | None, offset: int = 0) -> list[str]:
         if isinstance(texts, str):
             raise QueryError("search_batch takes a list of texts")
         cleaned = [t.strip() if isinstance(t, str) else t for t in texts]
@@ -187,9 +240,12 @@ class AudioSearch:
             raise QueryError(f"limit must be between 1 and {MAX_LIMIT}")
         if candidates is not None and (not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES):
             raise QueryError(f"candidates must be between 1 and {MAX_CANDIDATES}")
+        if not isinstance(offset, int) or offset < 0 or limit + offset > MAX_CANDIDATES:
+            raise QueryError(f"offset must be a non-negative integer with limit + offset at most {MAX_CANDIDATES}")
         return cleaned
 
-    def _rerank(self, tokens: np.ndarray, mask: np.ndarray, candidate_lists) -> list[np.ndarray | None]:
+    @staticmethod
+    def _rerank(reranker: Reranker, tokens: np.ndarray, mask: np.ndarray, candidate_lists) -> list[np.ndarray | None]:
         lists = []
         for points in candidate_lists:
             rows = []
@@ -197,24 +253,26 @@ class AudioSearch:
                 vec = (p.vector or {}).get("tokens") if isinstance(p.vector, dict) else None
                 rows.append(np.asarray(vec, dtype=np.float32) if vec else None)
             lists.append(rows)
-        return self.reranker.score_batch(tokens, mask, lists)
+        return reranker.score_batch(tokens, mask, lists)
 
-    def _fuse(self, points, att: np.ndarray | None, limit: int, group_by_source: bool) -> list[Hit]:
-        w_cos, w_att = self.fusion.get("cosine", 1.0), self.fusion.get("attention", 0.0)
+    @staticmethod
+    def _fuse(fusion: dict[str, float], points, att: np.ndarray | None, limit: int,
+              group_by_source: bool) -> list[Hit]:
+        w_cos, w_att = fusion.get("cosine", 1.0), fusion.get("attention", 0.0)
         hits = []
         for i, p in enumerate(points):
             payload = p.payload or {}
             part = None if att is None or np.isnan(att[i]) else float(att[i])
             fused = w_cos * float(p.score) + (w_att * part if part is not None else 0.0)
             windows = payload.get("windows", 1)
-            hits.append(Hit(id=str(p.id), score=fused, cosine=float(p.score), rerank=part, payload=payload,
+            hits.append(Hit(id=p.id, score=fused, cosine=float(p.score), rerank=part, payload=payload,
                             source=payload.get("source_uri"),
                             offset=payload.get("window_offset") if windows and windows > 1 else None))
         hits.sort(key=lambda h: h.score, reverse=True)
         if group_by_source:
             best: dict[str, Hit] = {}
             for hit in hits:
-                key = hit.payload.get("content_hash") or hit.source or hit.id
+                key = hit.payload.get("content_hash") or hit.source or str(hit.id)
                 best.setdefault(key, hit)  # hits are sorted: the first window seen is the best
             hits = list(best.values())
         return hits[:limit]

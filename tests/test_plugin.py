@@ -38,14 +38,14 @@ def served(bundle_dir, corpus, tmp_path_factory):
     """The evaluation split ingested into an embedded Qdrant, and `hark serve` on it in a thread."""
     import uvicorn
 
-    from hark.plugin.service import create_app
-    from hark.plugin.store import connect
+    from hark.plugin.serve import create_app
+    from hark.store import connect
 
     tmp = tmp_path_factory.mktemp("served")
     settings = _settings(tmp)
     _ingest(settings, corpus, bundle_dir)
     # A long recording: its 30 s windows are points of their own, played from their offset.
-    from hark.synth import make_clip, write_audio
+    from hark.demo.synth import make_clip, write_audio
 
     long_file = write_audio(tmp / "long field recording.wav", make_clip(np.random.default_rng(3), 70.0, 32000)[0],
                             32000, 1)
@@ -97,7 +97,7 @@ def test_search_page_in_headless_chromium(served):
             page.wait_for_function("document.querySelector('audio').readyState >= 1", timeout=20000)
             duration = page.evaluate("document.querySelector('audio').duration")
             first_id = page.evaluate("document.querySelector('audio').src").rsplit("/", 1)[1].split("#")[0]
-            with served["service"].lock:
+            with served["service"].store_lock():
                 payload = served["client"].retrieve(served["client"].get_aliases().aliases[0].collection_name,
                                                     [first_id])[0].payload
             assert duration == pytest.approx(payload["duration"], abs=0.1)
@@ -121,7 +121,7 @@ def test_search_page_in_headless_chromium(served):
 def test_audio_route_serves_only_recorded_sources(served):
     import httpx
 
-    with served["service"].lock:
+    with served["service"].store_lock():
         physical = served["client"].get_aliases().aliases[0].collection_name
         point = served["client"].scroll(physical, limit=1, with_payload=True)[0][0]
     response = httpx.get(f"{served['url']}/audio/{point.id}", headers={"range": "bytes=0-99"})
@@ -141,7 +141,7 @@ def _captions(corpus: Path) -> list[tuple[str, str]]:
 def test_facade_finds_the_described_clip(served, corpus):
     ranks = []
     for caption, name in _captions(corpus):
-        with served["service"].lock:
+        with served["service"].store_lock():
             hits = served["facade"].search(caption, limit=32)
         names = [h.payload["file_name"] for h in hits]
         ranks.append(names.index(name) + 1 if name in names else 33)
@@ -162,7 +162,7 @@ def test_stock_qdrant_client_gets_the_facade_ranking(served, corpus):
     remote = QdrantClient(url=served["url"], cloud_inference=True, timeout=30)
     flt = models.Filter(must=[models.FieldCondition(key="meta.half", match=models.MatchValue(value="a"))])
     for caption, _ in _captions(corpus)[:5]:
-        with served["service"].lock:
+        with served["service"].store_lock():
             expected = served["facade"].search(caption, limit=5)
             expected_a = served["facade"].search(caption, limit=5, filter=flt)
         bare = remote.query_points("sounds", query=models.Document(text=caption, model="hark"), using="global",
@@ -179,7 +179,7 @@ def test_stock_qdrant_client_gets_the_facade_ranking(served, corpus):
     batch = remote.query_batch_points("sounds", requests=[
         models.QueryRequest(query=models.Document(text="a bell rings", model="hark"), limit=3),
         models.QueryRequest(query=models.Document(text="rain falls", model="hark"), limit=2, filter=flt)])
-    with served["service"].lock:
+    with served["service"].store_lock():
         assert [str(p.id) for p in batch[0].points] == [h.id for h in served["facade"].search("a bell rings", 3)]
     assert len(batch[1].points) == 2
 
@@ -189,7 +189,7 @@ def test_passthrough_routes_answer_as_the_upstream(served):
 
     remote = QdrantClient(url=served["url"], timeout=30)
     local = served["client"]
-    with served["service"].lock:
+    with served["service"].store_lock():
         physical = local.get_aliases().aliases[0].collection_name
         direct_names = sorted(c.name for c in local.get_collections().collections)
         direct_count = local.count(physical).count
@@ -282,13 +282,13 @@ def test_search_route_health_and_metrics(served):
 def test_api_key_guards_harks_own_routes(bundle_dir, served):
     from fastapi.testclient import TestClient
 
-    from hark.plugin.service import create_app
+    from hark.plugin.serve import create_app
 
     settings = served["settings"]
     keyed = Settings(**{**{k: getattr(settings, k) for k in settings.__dataclass_fields__ if k != "sources"},
                         "api_key": "s3cret"})
     app = create_app(keyed, str(bundle_dir), client=served["client"])
-    app.state.service.lock = served["service"].lock
+    app.state.service.guard = served["service"].guard
     with TestClient(app) as http:
         assert http.post("/search", json={"text": "dog"}).status_code == 401
         assert http.post("/search", json={"text": "dog"}, headers={"api-key": "wrong"}).status_code == 401
@@ -302,7 +302,7 @@ def test_rerank_lifts_the_clip_the_attention_head_prefers(trained_run, corpus, t
     import torch
 
     from hark.exporters.onnx_export import export_bundle
-    from hark.plugin.store import connect
+    from hark.store import connect
     from hark.training.model import load_checkpoint
 
     model, payload = load_checkpoint(trained_run[0] / "best.pt")
@@ -336,7 +336,7 @@ def test_rerank_lifts_the_clip_the_attention_head_prefers(trained_run, corpus, t
 
 def test_facade_rejects_bad_arguments(served):
     facade = served["facade"]
-    with served["service"].lock:
+    with served["service"].store_lock():
         with pytest.raises(QueryError, match="non-empty"):
             facade.search("")
         with pytest.raises(QueryError, match="limit"):

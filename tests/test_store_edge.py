@@ -513,3 +513,13 @@ def test_a_local_mode_folder_is_refused_clearly(tmp_path):
     local.close()
     with pytest.raises(StoreError, match="local-mode"):
         EdgeStore(tmp_path / "old")
+
+
+def test_requests_the_engine_rejects_are_store_errors(tmp_path):
+    from hark.store import StoreError
+
+    with EdgeStore(tmp_path / "s") as store:
+        store.create_collection("c", vectors_config={"v": models.VectorParams(size=2, distance=models.Distance.DOT)})
+        store.upsert("c", [models.PointStruct(id=1, vector={"v": [1.0, 0.0]})])
+        with pytest.raises(StoreError, match="Fusion without prefetch"):
+            store.query_points("c", query=models.FusionQuery(fusion=models.Fusion.RRF), limit=3)

@@ -452,7 +452,7 @@ class EdgeStore:
         request = qe.ScrollRequest(offset=None if offset is None else edge_point_id(offset), limit=limit,
                                    filter=to_edge(scroll_filter), with_payload=_with_payload(with_payload),
                                    with_vector=_with_vectors(with_vectors), order_by=_order_by(order_by))
-        with self._lock:
+        with self._lock, _engine_errors():
             records, next_offset = self._shard(collection_name).scroll(request)
         return [_record_out(r) for r in records], _id_out(next_offset)
 
@@ -461,7 +461,7 @@ class EdgeStore:
         from qdrant_client.http import models
 
         request = qe.CountRequest(exact=exact, filter=to_edge(count_filter))
-        with self._lock:
+        with self._lock, _engine_errors():
             n = self._shard(collection_name).count(request)
         return models.CountResult(count=n)
 
@@ -491,10 +491,11 @@ class EdgeStore:
             points_count = shard.info().points_count
             edge_requests = [_query_request(shard, r, q, points_count) for r, q in zip(requests, queries,
                                                                                           strict=True)]
-            if len(edge_requests) == 1:
-                results = [shard.query(edge_requests[0])]
-            else:
-                results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
+            with _engine_errors():
+                if len(edge_requests) == 1:
+                    results = [shard.query(edge_requests[0])]
+                else:
+                    results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
         return [_query_response(points) for points in results]
 
     def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **_ignored: Any):
@@ -557,6 +558,20 @@ def _copy_folder(src: Path, dest: Path) -> Path:
         dest.rmdir()
     os.replace(tmp, dest)
     return dest
+
+
+@contextlib.contextmanager
+def _engine_errors():
+    """The engine raises plain Exceptions for requests it rejects ("Validation failed: ..."): as StoreError,
+    so that callers can tell a bad request from a bug. hark's own errors pass through unchanged."""
+    try:
+        yield
+    except (StoreError, StoreUnavailableError):
+        raise
+    except Exception as exc:
+        if type(exc) is not Exception:  # a Python-side error (TypeError, ...) is a bug: keep it
+            raise
+        raise StoreError(str(exc).splitlines()[0] if str(exc) else "the engine rejected the request") from exc
 
 
 def backup(path: str | Path, dest: str | Path, store: EdgeStore | None = None) -> Path:

@@ -1,0 +1,205 @@
+"""`hark serve` under concurrent load: requests/s and p50/p95 of POST /search at 1, 4 and 16 clients.
+
+The bundle and the collection are built as in benchmarks/query.py: a report-size text encoder (RoBERTa-large shape,
+random weights; 2 layers with --quick) exported in int8, a report-size joint head, and N clips in the
+embedded store (the qdrant-edge engine by default; `--store local` for qdrant-client's local mode, whose
+Python scan of the `tokens` rows dominates and serialises on the GIL). The server runs in this process
+(uvicorn in a thread); clients are threads with their own HTTP connections. Also measured: the text
+encoder's cost per query against batch size (what the micro-batcher's defaults are chosen from).
+
+    python benchmarks/serve.py [--quick] [--clips 10000] [--seconds 30] [--store edge|local]
+
+Last line: one JSON object {"rps": {concurrency: r/s}, "p50_ms": {...}, "p95_ms": {...}, "encoder_ms_per_query": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+WORDS = (
+    "dog", "barks", "rain", "falls", "siren", "wails", "bell", "rings", "bird", "chirps", "engine", "hums",
+    "man", "speaks", "water", "drips", "footsteps", "approach", "wind", "blows", "car", "passes", "door",
+    "slams", "crowd", "cheers", "baby", "cries", "thunder", "rumbles",
+)
+
+
+def build_bundle(out: Path, quick: bool) -> Path:
+    """The report-size joint model with random weights (RoBERTa-large shape; 2 layers with --quick), int8."""
+    import torch
+
+    from hark.exporters.onnx_export import export_bundle
+    from hark.text import train_bpe_tokenizer
+    from hark.training.config import load_config
+    from hark.training.model import RetrievalModel
+
+    overrides = ["audio.init=random", "audio.embed_dim=768", "audio.depth=1", "audio.num_heads=4",
+                 "audio.patch=32", "audio.stride=32", "text.model=random"]
+    hf = {"vocab_size": 512 if quick else 50265, "hidden_size": 1024, "num_hidden_layers": 2 if quick else 24,
+          "num_attention_heads": 16, "intermediate_size": 4096, "max_position_embeddings": 514, "pad_token_id": 1,
+          "bos_token_id": 0, "eos_token_id": 2, "type_vocab_size": 1, "model_type": "roberta"}
+    torch.manual_seed(0)
+    tokenizer = train_bpe_tokenizer([" ".join(WORDS)] * 20, 400)
+    model = RetrievalModel(load_config("joint", overrides), tokenizer, hf).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.checkpoint_payload(), out / "model.pt")
+    return export_bundle(out / "model.pt", out / "bundle", precision="int8")
+
+
+def fill(client, bundle, n: int, collection: str, rng: np.random.Generator) -> None:
+    """n clips whose `global` vectors and `tokens` rows come from clip.onnx over random segment embeddings."""
+    from qdrant_client import models
+
+    from hark.store import ensure_collection
+
+    physical = ensure_collection(client, collection, bundle)
+    clip = bundle.session("clip", "cpu")
+    audio = bundle.manifest["audio"] if isinstance(bundle.manifest, dict) else bundle.manifest.audio
+    m = bundle.max_segments
+    dim = audio["embedding_dim"] if isinstance(audio, dict) else audio.embedding_dim
+    for start in range(0, n, 1000):
+        count = min(1000, n - start)
+        segs = rng.standard_normal((count, m, dim)).astype(np.float32)
+        used = rng.integers(1, m + 1, size=count)
+        mask = (np.arange(m)[None, :] < used[:, None]).astype(np.float32)
+        glob, rows = clip.run(None, {"segment_embeddings": segs, "segment_mask": mask})
+        points = [models.PointStruct(id=str(uuid.UUID(int=start + i)),
+                                     vector={"global": glob[i].tolist(), "tokens": rows[i, : used[i]].tolist()},
+                                     payload={"n": start + i, "windows": 1}) for i in range(count)]
+        client.upsert(physical, points, wait=True)
+    if hasattr(client, "optimize"):  # the embedded engine builds its index on request only
+        client.optimize(physical)
+
+
+def encoder_curve(bundle, sizes: list[int], repeats: int) -> dict[int, float]:
+    """Milliseconds of text-encoder time per query at each batch size (int8, CPU)."""
+    from hark.plugin.encoders import TextEncoder
+
+    encoder = TextEncoder(bundle, "cpu", "int8")
+    rng = np.random.default_rng(1)
+    out = {}
+    for size in sizes:
+        texts = [" ".join(rng.choice(WORDS, size=8)) for _ in range(size)]
+        encoder.encode(texts)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            encoder.encode(texts)
+            runs.append(time.perf_counter() - start)
+        out[size] = round(1000 * statistics.median(runs) / size, 2)
+    return out
+
+
+def load(url: str, clients: int, seconds: float, k: int) -> tuple[float, list[float], dict[str, float]]:
+    """(requests/s, latencies in ms, median ms per stage as each response reported it)."""
+    import httpx
+
+    latencies: list[float] = []
+    stages: list[dict[str, float]] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while time.perf_counter() < stop:
+                text = " ".join(rng.choice(WORDS, size=int(rng.integers(4, 12))))
+                start = time.perf_counter()
+                response = http.post("/search", json={"text": text, "limit": 10, "candidates": k})
+                elapsed = time.perf_counter() - start
+                response.raise_for_status()
+                with lock:
+                    latencies.append(elapsed * 1000)
+                    stages.append(response.json()["timings_ms"])
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    medians = {s: round(statistics.median(x[s] for x in stages), 1) for s in stages[0]} if stages else {}
+    return len(latencies) / (time.perf_counter() - started), latencies, medians
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2-layer text encoder, 8 s per concurrency")
+    parser.add_argument("--clips", type=int, default=10000)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--store", choices=["edge", "local"], default="edge",
+                        help="the embedded engine (hark.store.edge.EdgeStore) or qdrant-client's local mode")
+    args = parser.parse_args()
+    seconds = args.seconds or (8 if args.quick else 30)
+
+    import uvicorn
+    from qdrant_client import QdrantClient
+
+    from hark.bundle import Bundle
+    from hark.plugin.serve import create_app
+    from hark.settings import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Bundle.load(build_bundle(Path(tmp), args.quick))
+        curve = encoder_curve(bundle, [1, 2, 4, 8, 16], 3 if args.quick else 5)
+        if args.store == "edge":
+            from hark.store.edge import EdgeStore
+
+            client = EdgeStore(Path(tmp) / "edge")
+        else:
+            client = QdrantClient(":memory:")
+        fill(client, bundle, args.clips, "bench", np.random.default_rng(0))
+        settings = Settings.load(toml_path=Path(tmp) / "none.toml", env={
+            "HARK_COLLECTION": "bench", "HARK_DEVICE": "cpu", "HARK_QDRANT_PATH": str(Path(tmp) / "q")})
+        app = create_app(settings, bundle, client=client)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        load(url, 1, 2, args.candidates)  # warm-up
+        rows = {}
+        for clients in args.concurrency:
+            rps, lat, stages = load(url, clients, seconds, args.candidates)
+            rows[clients] = {"rps": round(rps, 2), "p50_ms": round(statistics.median(lat), 1),
+                             "p95_ms": round(float(np.percentile(lat, 95)), 1), "requests": len(lat),
+                             "stages": stages}
+        calls = app.state.service.batcher.calls
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    store = "EdgeStore" if args.store == "edge" else "local mode, in memory"
+    print(f"serve benchmark: POST /search, K={args.candidates}, {args.clips} clips (embedded: {store}), int8 text "
+          f"encoder ({'2 layers, quick' if args.quick else '24 layers'}), {seconds:.0f} s per concurrency, "
+          f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max}")
+    print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} | median ms per stage")
+    for clients, r in rows.items():
+        parts = " ".join(f"{k} {v}" for k, v in r["stages"].items())
+        print(f"{clients:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['requests']:>9} | {parts}")
+    print("text encoder ms per query by batch size: " + ", ".join(f"{b}: {ms}" for b, ms in curve.items()))
+    print(f"encoder calls during the load: {calls}")
+    base = rows.get(1, {}).get("rps")
+    print(json.dumps({"rps": {str(c): r["rps"] for c, r in rows.items()},
+                      "p50_ms": {str(c): r["p50_ms"] for c, r in rows.items()},
+                      "p95_ms": {str(c): r["p95_ms"] for c, r in rows.items()},
+                      "store": args.store, "speedup_4": round(rows[4]["rps"] / base, 2) if base and 4 in rows else None,
+                      "encoder_ms_per_query": {str(b): v for b, v in curve.items()}}))
+
+
+if __name__ == "__main__":
+    main()

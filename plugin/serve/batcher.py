@@ -1,0 +1,124 @@
+"""Micro-batching: concurrent requests share one text-encoder call.
+
+Requests hand their texts to one encoder thread. It takes the first waiting request, then collects more for
+up to `wait_ms`, at most `max_batch` texts, but only while other queries are in flight (a lone query never
+waits), and encodes each bundle's texts in one call. Each request gets back its own rows. The encoder's
+cost per query falls with batch size (see benchmarks/serve.py and the settings' comments), so under load
+this buys throughput for a wait of a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..encoders import TextBatch, TextEncoder
+
+
+@dataclass
+class _Job:
+    encoder: TextEncoder
+    texts: list[str]
+    future: Future = field(default_factory=Future)
+
+
+class TextBatcher:
+    def __init__(self, wait_ms: float, max_batch: int) -> None:
+        self.wait = max(0.0, wait_ms) / 1000
+        self.max_batch = max(1, max_batch)
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._active = 0  # queries inside the query path now: more than the batch holds means more may come
+        self._active_lock = threading.Lock()
+        self.calls = 0  # encoder calls made (tests and metrics read it)
+
+    # -- the query path ------------------------------------------------------------------------------
+    def enter(self) -> None:
+        with self._active_lock:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+
+    def encode(self, encoder: TextEncoder, texts: list[str]) -> tuple[TextBatch, float]:
+        """This request's rows of a shared encoder call, and the seconds that call spent tokenizing."""
+        if self.wait == 0 or self.max_batch == 1:
+            return self._run(encoder, texts)
+        self._ensure_thread()
+        job = _Job(encoder, list(texts))
+        self._queue.put(job)
+        return job.future.result()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # -- the encoder thread --------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="hark-text-batcher", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            count = len(first.texts)
+            deadline = time.perf_counter() + self.wait
+            while count < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.perf_counter()
+                    with self._active_lock:
+                        others = self._active > len(jobs)
+                    if remaining <= 0 or not others:
+                        break
+                    try:
+                        job = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(job)
+                count += len(job.texts)
+            self._encode_jobs(jobs)
+
+    def _encode_jobs(self, jobs: list[_Job]) -> None:
+        groups: dict[int, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(id(job.encoder), []).append(job)
+        for group in groups.values():
+            try:
+                batch, tokenize = self._run(group[0].encoder, [t for job in group for t in job.texts])
+            except BaseException as exc:  # the callers raise it, each in its own request
+                for job in group:
+                    job.future.set_exception(exc)
+                continue
+            row = 0
+            for job in group:
+                n = len(job.texts)
+                part = TextBatch(batch.sentence[row:row + n], batch.tokens[row:row + n], batch.mask[row:row + n])
+                job.future.set_result((part, tokenize))
+                row += n
+
+    def _run(self, encoder: TextEncoder, texts: list[str]) -> tuple[TextBatch, float]:
+        start = time.perf_counter()
+        ids, mask = encoder.tokenizer.encode(texts)
+        tokenize = time.perf_counter() - start
+        sentence, tokens = encoder.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        self.calls += 1
+        return TextBatch(np.asarray(sentence, dtype=np.float32), np.asarray(tokens, dtype=np.float32), mask), tokenize

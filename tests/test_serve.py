@@ -1,0 +1,377 @@
+"""`hark serve` (hark.plugin.serve): Qdrant compatibility, readiness, micro-batching and per-request timings.
+
+Runs on a random tiny bundle (exported in seconds, no training) and an embedded store filled with random
+clips, so it does not need the session-wide trained model.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hark.settings import Settings
+
+WORDS = ["a", "dog", "barks", "rain", "falls", "siren", "wails", "bell", "rings", "bird", "chirps", "engine", "hums"]
+
+
+def random_bundle(out: Path) -> Path:
+    """A tiny joint model with random weights, exported with int8 encoders."""
+    torch = pytest.importorskip("torch")
+    from hark.exporters.onnx_export import export_bundle
+    from hark.text import train_bpe_tokenizer
+    from hark.training.config import load_config
+    from hark.training.model import RetrievalModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    tokenizer = train_bpe_tokenizer([" ".join(WORDS)] * 20, 300)
+    model = RetrievalModel(load_config("tiny", []), tokenizer).eval()
+    torch.save(model.checkpoint_payload(), out / "model.pt")
+    return export_bundle(out / "model.pt", out / "bundle", precision="int8")
+
+
+def settings_for(tmp: Path, **extra: str) -> Settings:
+    env = {"HARK_QDRANT_PATH": str(tmp / "qdrant"), "HARK_STATE_DIR": str(tmp / "state"), "HARK_DEVICE": "cpu",
+           "HARK_COLLECTION": "sounds", "HARK_MODELS_DIR": str(tmp / "models"), "HARK_MEDIA_ROOTS": str(tmp / "media")}
+    env.update(extra)
+    return Settings.load(toml_path=tmp / "none.toml", env=env)
+
+
+def audio_dim(bundle) -> int:
+    """The segment embedding width (the manifest is a typed object or, in older bundles code, a dict)."""
+    audio = bundle.manifest["audio"] if isinstance(bundle.manifest, dict) else bundle.manifest.audio
+    return audio["embedding_dim"] if isinstance(audio, dict) else audio.embedding_dim
+
+
+def fill(client, bundle, n: int, media: Path, seed: int = 0) -> dict:
+    """n random clips in `sounds` (every 50th with an integer id), one with a real file under `media` and one
+    whose source_uri names a file outside it. Returns the ids of interest."""
+    from qdrant_client import models
+
+    from hark.demo.synth import make_clip, write_audio
+    from hark.store import ensure_collection
+
+    rng = np.random.default_rng(seed)
+    physical = ensure_collection(client, "sounds", bundle)
+    clip = bundle.session("clip", "cpu")
+    m, dim = bundle.max_segments, audio_dim(bundle)
+    media.mkdir(parents=True, exist_ok=True)
+    wav = write_audio(media / "clip.wav", make_clip(rng, 3.0, 32000)[0], 32000, 1)
+    segs = rng.standard_normal((n, m, dim)).astype(np.float32)
+    used = rng.integers(1, m + 1, size=n)
+    mask = (np.arange(m)[None, :] < used[:, None]).astype(np.float32)
+    glob, rows = clip.run(None, {"segment_embeddings": segs, "segment_mask": mask})
+    ids: list[int | str] = [i if i % 50 == 0 else str(uuid.UUID(int=i)) for i in range(n)]
+    points = []
+    for i in range(n):
+        payload = {"n": i, "windows": 1, "half": "a" if i % 2 == 0 else "b", "source_uri": f"/nowhere/{i}.wav"}
+        if i == 1:
+            payload["source_uri"] = str(wav)
+        if i == 2:
+            payload["source_uri"] = "/etc/passwd"
+        points.append(models.PointStruct(id=ids[i], vector={"global": glob[i].tolist(),
+                                                            "tokens": rows[i, : used[i]].tolist()}, payload=payload))
+    client.upsert(physical, points, wait=True)
+    return {"physical": physical, "wav": ids[1], "passwd": ids[2], "int": 0, "ids": ids}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A random bundle, a filled embedded store and the app on them (in-process)."""
+    from hark.bundle import Bundle
+    from hark.plugin.serve import create_app
+    from hark.store import connect
+
+    tmp = tmp_path_factory.mktemp("serve")
+    bundle = Bundle.load(random_bundle(tmp / "b"))
+    settings = settings_for(tmp)
+    client = connect(settings)
+    info = fill(client, bundle, 300, tmp / "media")
+    app = create_app(settings, bundle, client=client)
+    yield {"app": app, "client": client, "bundle": bundle, "settings": settings, "tmp": tmp, **info}
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    from fastapi.testclient import TestClient
+
+    with TestClient(stack["app"]) as client:
+        yield client
+
+
+def serve_in_thread(app):
+    """(url, stop) of a uvicorn server running `app` on a free port."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture(scope="module")
+def url(stack):
+    address, stop = serve_in_thread(stack["app"])
+    yield address
+    stop()
+
+
+DOC = {"text": "a dog barks", "model": "hark"}
+
+
+def q(http, body, name="sounds"):
+    return http.post(f"/collections/{name}/points/query", json=body)
+
+
+# -- Qdrant compatibility -----------------------------------------------------------------------------
+def test_query_without_model_is_a_400(http):
+    for query in ({"text": "a dog barks"}, {"nearest": {"text": "a dog barks"}}):
+        response = q(http, {"query": query})
+        assert response.status_code == 400, response.text
+        assert "model" in response.json()["status"]["error"]
+
+
+def test_paging_past_1000_matches_one_long_page(http):
+    long = q(http, {"query": dict(DOC, options={"candidates": 1200}), "limit": 1000}).json()["result"]["points"]
+    # 300 points in all: a page that starts at 290 holds the last 10 of the long list.
+    page = q(http, {"query": DOC, "limit": 995, "offset": 290}).json()
+    assert [p["id"] for p in page["result"]["points"]] == [p["id"] for p in long[290:]]
+    deep = q(http, {"query": DOC, "limit": 10, "offset": 1995})
+    assert deep.status_code == 200 and deep.json()["result"]["points"] == []
+
+
+def test_integer_ids_stay_integers_and_omitted_fields_are_omitted(http, stack):
+    points = q(http, {"query": DOC, "limit": 300}).json()["result"]["points"]
+    ids = [p["id"] for p in points]
+    assert 0 in ids and 50 in ids and "0" not in ids
+    assert all(set(p) == {"id", "version", "score"} for p in points)
+    with_all = q(http, {"query": DOC, "limit": 3, "with_payload": ["half"], "with_vector": ["global"]}).json()
+    for p in with_all["result"]["points"]:
+        assert set(p) == {"id", "version", "score", "payload", "vector"}
+        assert set(p["payload"]) == {"half"} and len(p["vector"]["global"]) == stack["bundle"].vectors()[0].size
+
+
+def test_prefetch_runs_in_embedded_mode_for_plain_queries_and_is_a_clear_400_for_hark(http, stack):
+    vector = np.random.default_rng(1).standard_normal(stack["bundle"].vectors()[0].size).tolist()
+    fused = q(http, {"prefetch": [{"query": vector, "using": "global", "limit": 20}],
+                     "query": {"fusion": "rrf"}, "limit": 5})
+    assert fused.status_code == 200, fused.text
+    assert len(fused.json()["result"]["points"]) == 5
+    hark = q(http, {"prefetch": [{"query": vector, "using": "global"}], "query": DOC})
+    assert hark.status_code == 400 and "prefetch" in hark.json()["status"]["error"]
+
+
+def test_batch_mixes_hark_and_plain_queries(http, stack):
+    vector = np.random.default_rng(2).standard_normal(stack["bundle"].vectors()[0].size).tolist()
+    response = http.post("/collections/sounds/points/query/batch", json={"searches": [
+        {"query": DOC, "limit": 3}, {"query": vector, "using": "global", "limit": 2}]})
+    assert response.status_code == 200, response.text
+    first, second = response.json()["result"]
+    assert len(first["points"]) == 3 and len(second["points"]) == 2
+
+
+def test_inference_update_is_refused_with_the_reason(http):
+    body = {"inputs": [{"data": "a dog", "data_type": "text", "model": "hark", "options": None}],
+            "inference": "update", "token": None}
+    response = http.post("/infer", json=body)
+    assert response.status_code == 400 and "hark ingest" in response.json()["error"]
+
+
+def test_root_answers_a_version_to_clients_and_redirects_browsers(http):
+    assert http.get("/").json()["version"].startswith("1.")
+    browser = http.get("/", headers={"accept": "text/html,application/xhtml+xml"}, follow_redirects=False)
+    assert browser.status_code in {302, 307} and browser.headers["location"] == "/ui"
+
+
+def test_stock_qdrant_client_queries_through_the_served_routes(url, stack):
+    import warnings
+
+    from qdrant_client import QdrantClient, models
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a version-compatibility warning would fail here
+        remote = QdrantClient(url=url, cloud_inference=True, timeout=30)
+        remote.get_collections()
+    flt = models.Filter(must=[models.FieldCondition(key="half", match=models.MatchValue(value="a"))])
+    bare = remote.query_points("sounds", query=models.Document(text="a bell rings", model="hark"), limit=5,
+                               query_filter=flt, with_payload=True)
+    assert len(bare.points) == 5 and all(p.payload["half"] == "a" for p in bare.points)
+    nearest = remote.query_points("sounds", query=models.NearestQuery(
+        nearest=models.Document(text="a bell rings", model=f"hark/{stack['bundle'].name}")), limit=5,
+        query_filter=flt)
+    assert [p.id for p in nearest.points] == [p.id for p in bare.points]
+    batch = remote.query_batch_points("sounds", requests=[
+        models.QueryRequest(query=models.Document(text="rain falls", model="hark"), limit=3),
+        models.QueryRequest(query=models.Document(text="rain falls", model="hark"), limit=2, offset=1)])
+    assert [p.id for p in batch[1].points] == [p.id for p in batch[0].points][1:3]
+    assert remote.count("sounds").count == 300
+    assert remote.collection_exists("sounds") and not remote.collection_exists("nope")
+    page, _ = remote.scroll("sounds", limit=4, with_payload=True)
+    assert len(page) == 4 and remote.retrieve("sounds", [page[0].id])[0].id == page[0].id
+    with pytest.raises(Exception, match=r"400|model"):
+        remote.query_points("sounds", query=models.Document(text="x", model="openai/clip"))
+
+
+def test_js_client_queries_without_a_version_warning(url, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("node/npm are not installed")
+    js = Path(__file__).parent / "js"
+    for name in ("package.json", "query.mjs"):
+        shutil.copy(js / name, tmp_path / name)
+    try:
+        install = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.skip("npm install timed out (no registry?)")
+    if install.returncode != 0:
+        pytest.skip(f"npm cannot install @qdrant/js-client-rest: {install.stderr[-300:]}")
+    run = subprocess.run(["node", "query.mjs", url], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["points"] == 3 and result["warnings"] == [], result
+
+
+# -- readiness ----------------------------------------------------------------------------------------
+def test_starts_without_a_bundle_and_becomes_ready_once_one_is_registered(stack, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from hark.plugin.serve import create_app
+    from hark.registry import register
+
+    settings = settings_for(tmp_path)
+    app = create_app(settings, client=stack["client"])
+    with TestClient(app) as http:
+        response = http.get("/readyz")
+        assert response.status_code == 503 and "no bundle" in response.json()["reason"]
+        assert q(http, {"query": DOC}).status_code == 503
+        register(settings, stack["bundle"].root)
+        time.sleep(1.1)  # the service looks for a bundle at most once a second
+        response = http.get("/readyz")
+        assert response.status_code == 200 and response.json()["bundle"] == stack["bundle"].version
+        assert q(http, {"query": DOC, "limit": 2}).status_code == 200
+
+
+def test_readyz_takes_no_query_lock(stack, http):
+    service = stack["app"].state.service
+    with service.store_lock(write=True):  # a long store write in progress
+        started = time.perf_counter()
+        assert http.get("/readyz").status_code == 200
+        assert time.perf_counter() - started < 2
+
+
+# -- parallel queries ---------------------------------------------------------------------------------
+def test_concurrent_queries_share_an_encoder_call_and_keep_their_own_timings(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = stack["app"].state.service
+    search = service.search
+    encode = service.batcher.encode
+    # A slow encoder call for the first query only: the two requests' timings must differ by that.
+    delays = iter([0.3])
+
+    def slow_encode(encoder, texts):
+        delay = next(delays, 0.0)
+        time.sleep(delay)
+        return encode(encoder, texts)
+
+    def run(text):
+        result = search.query([text], limit=3, encode=slow_encode, store_call=service.store)
+        return result.times
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(run, "a dog barks")
+        time.sleep(0.05)
+        fast = pool.submit(run, "rain falls")
+        slow_times, fast_times = slow.result(), fast.result()
+    assert slow_times.text_encoder >= 0.3 > fast_times.text_encoder
+    # The thread-local accessor never shows another thread's call.
+    search.search("a bell rings", limit=2)
+    mine = search.last_times
+    other = ThreadPoolExecutor(1).submit(lambda: search.last_times).result()
+    assert mine.text_encoder > 0 and other.text_encoder == 0
+
+
+def test_batcher_merges_concurrent_requests_into_one_encoder_call(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hark.plugin.serve.batcher import TextBatcher
+
+    encoder = stack["app"].state.service.search.text
+    batcher = TextBatcher(wait_ms=200, max_batch=8)
+    texts = ["a dog barks", "rain falls on a roof", "a bell", "bird chirps", "engine hums loudly", "siren"]
+    for _ in texts:
+        batcher.enter()
+    try:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            parts = list(pool.map(lambda t: batcher.encode(encoder, [t])[0], texts))
+    finally:
+        for _ in texts:
+            batcher.leave()
+        batcher.close()
+    assert batcher.calls < len(texts)
+    alone = encoder.encode(texts)
+    for i, part in enumerate(parts):
+        assert part.sentence.shape[0] == 1
+        np.testing.assert_allclose(part.sentence[0], alone.sentence[i], atol=0.05)
+
+
+def test_search_route_reports_its_own_timings_and_metrics(http):
+    response = http.post("/search", json={"text": "a dog barks", "limit": 3})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["hits"]) == 3
+    assert set(body["timings_ms"]) == {"tokenize", "text_encoder", "prefilter", "rerank", "fuse"}
+    metrics = http.get("/metrics").text
+    assert 'hark_query_stage_seconds_count{stage="rerank"}' in metrics and "hark_requests_total" in metrics
+
+
+def test_batch_mixing_hark_and_plain_queries_with_a_server_upstream(stack, tmp_path):
+    """The plain queries go to the server as one batch of their own; the answers come back in request order."""
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from hark.plugin.serve import create_app
+
+    sent = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, json={"result": [{"points": [{"id": 7, "version": 1, "score": 0.5}]}],
+                                         "status": "ok", "time": 0})
+
+    settings = settings_for(tmp_path, HARK_QDRANT_URL="http://upstream:6333")
+    app = create_app(settings, stack["bundle"], client=stack["client"])
+    app.state.service.upstream = httpx.AsyncClient(base_url="http://upstream:6333",
+                                                   transport=httpx.MockTransport(upstream))
+    vector = [0.1] * stack["bundle"].vectors()[0].size
+    with TestClient(app) as http:
+        response = http.post("/collections/sounds/points/query/batch", json={"searches": [
+            {"query": DOC, "limit": 2}, {"query": vector, "using": "global", "limit": 1}, {"query": DOC, "limit": 3}]})
+    assert response.status_code == 200, response.text
+    first, plain, third = response.json()["result"]
+    assert len(first["points"]) == 2 and len(third["points"]) == 3
+    assert plain == {"points": [{"id": 7, "version": 1, "score": 0.5}]}
+    assert sent == [("/collections/sounds/points/query/batch",
+                     {"searches": [{"query": vector, "using": "global", "limit": 1}]})]
