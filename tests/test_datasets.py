@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hark import synth
+from hark.demo import synth
 from hark.training.data.dataset import AudioCaptionDataset, collate
 from hark.training.data.formats import (
     DatasetError,
