@@ -6,8 +6,12 @@ embeddings -> clip vectors). The int8 variant is also run end to end into the em
 embed, upsert with wait). Throughput: clips per second and real-time factor (audio seconds per second).
 
     python benchmarks/ingest.py [--quick] [--device cpu|cuda] [--decoders N]
+    python benchmarks/ingest.py --rss [--minutes 10 60 120]
 
---decoders N decodes with N processes (for GPU machines, where decoding becomes the bottleneck).
+--decoders N decodes with N processes (for GPU machines, where decoding becomes the bottleneck). The
+end-to-end row runs the worker's path: decoding in a thread that runs ahead of the encoder (overlapped).
+--rss measures peak RSS of one worker process ingesting one recording of each length (32 kHz mono FLAC) with
+the tiny bundle (random weights), in a fresh subprocess per length: it must not grow with the length.
 """
 
 from __future__ import annotations
@@ -47,13 +51,71 @@ def build_bundle(tmp: Path, quick: bool) -> tuple[RetrievalModel, Path]:
     return model, export_bundle(ckpt, tmp / "bundle", precision="int8")
 
 
+RSS_CHILD = """
+import re, sys, time
+from hark.bundle import Bundle
+from hark.settings import Settings
+from hark.workers.ingest import Ingestor, Item
+path, bundle, qdrant = sys.argv[1:4]
+
+
+def hwm():  # peak RSS of this process in KiB; unlike ru_maxrss it does not inherit the parent's peak at exec
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+
+settings = Settings.load(toml_path=qdrant + "/none.toml", env={"HARK_QDRANT_PATH": qdrant, "HARK_DEVICE": "cpu"})
+ingestor = Ingestor(Bundle.load(bundle), settings)
+start = time.perf_counter()
+out = ingestor.ingest([Item(path)], "audio", settings)[0]
+assert out.status == "ingested", out
+print(hwm(), out.points, time.perf_counter() - start)
+"""
+
+
+def rss_vs_length(minutes: list[int]) -> None:
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cfg = load_config("tiny", [])
+        torch.manual_seed(0)
+        model = RetrievalModel(cfg, train_bpe_tokenizer(["a dog barks"] * 10, 300)).eval()
+        torch.save(model.checkpoint_payload(), tmp / "model.pt")
+        bundle = export_bundle(tmp / "model.pt", tmp / "bundle", precision="fp32")
+        rows = []
+        rng = np.random.default_rng(0)
+        for m in minutes:
+            path = tmp / f"{m}min.flac"
+            with sf.SoundFile(path, "w", 32000, 1, format="FLAC") as out:
+                for _ in range(m):
+                    out.write((0.1 * rng.standard_normal(32000 * 60)).astype(np.float32))
+            run = subprocess.run([sys.executable, "-c", RSS_CHILD, str(path), str(bundle), str(tmp / f"q{m}")],
+                                 capture_output=True, text=True, check=True)
+            peak_kib, windows, seconds = run.stdout.split()
+            rows.append({"minutes": m, "flac_mb": round(path.stat().st_size / 1e6, 1),
+                         "peak_rss_mb": round(int(peak_kib) / 1024, 1), "windows": int(windows),
+                         "seconds": round(float(seconds), 1)})
+            print(f"{m:5d} min  FLAC {rows[-1]['flac_mb']:7.1f} MB  peak RSS {rows[-1]['peak_rss_mb']:7.1f} MB  "
+                  f"{windows} windows in {rows[-1]['seconds']} s", flush=True)
+            path.unlink()
+    print(json.dumps({"rss_vs_length": rows}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rss", action="store_true", help="peak RSS against recording length (tiny bundle)")
+    parser.add_argument("--minutes", type=int, nargs="+", default=[10, 60, 120], help="lengths for --rss")
     parser.add_argument("--quick", action="store_true", help="4 clips and a 4-layer PaSST (about a minute)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--clips", type=int, default=None)
     parser.add_argument("--decoders", type=int, default=1, help="decode processes")
     args = parser.parse_args()
+    if args.rss:
+        rss_vs_length(args.minutes)
+        return
     n = args.clips or (4 if args.quick else 12)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +181,7 @@ def main() -> None:
         summary[name] = {"clips_per_s": round(n / total, 3), "realtime_factor": round(seconds / total, 2),
                          "embed_s": round(embed, 2)}
     print(f"{'int8 end to end':16s} {end_to_end:8.2f} {n / end_to_end:8.2f} {seconds / end_to_end:7.1f}  "
-          "(decode + embed + upsert into embedded Qdrant)")
+          "(decode overlapped with embed, + upsert into embedded Qdrant)")
     summary["onnx-int8-end-to-end"] = {"clips_per_s": round(n / end_to_end, 3),
                                        "realtime_factor": round(seconds / end_to_end, 2)}
     print(json.dumps(summary))

@@ -59,8 +59,8 @@ class Settings:
     # Largest request body `hark serve` reads, in bytes, and the deepest JSON nesting it accepts.
     max_body_bytes: int = 1_048_576
     max_json_depth: int = 32
-    # Folders `/audio/{id}` may serve files from (separated by the OS path separator); empty means the
-    # folders audio was ingested from.
+    # Folders (and remote URI prefixes such as s3://bucket/audio/) that `/audio/{id}` may serve sources from,
+    # separated by ";" (or the OS path separator when no entry is a URI); empty means where audio was ingested from.
     media_roots: str = ""
     # Concurrent queries wait this many milliseconds to share one text-encoder call, up to this many per call.
     # Measured int8 RoBERTa-large on 2 CPU cores: 75 ms per query alone, 24 ms at 4 per call, 20 ms at 8,

@@ -16,9 +16,9 @@ torch = pytest.importorskip("torch")
 
 from hark.bundle import Bundle  # noqa: E402
 from hark.plugin.search import AudioSearch  # noqa: E402
-from hark.plugin.store import connect, resolve_collection  # noqa: E402
 from hark.registry import register  # noqa: E402
 from hark.settings import Settings  # noqa: E402
+from hark.store import connect, resolve_collection  # noqa: E402
 from hark.workers.ingest import Item, collect_files  # noqa: E402
 from hark.workers.jobs import FileJobStore  # noqa: E402
 from hark.workers.reindex import ReindexError, reindex, rollback  # noqa: E402

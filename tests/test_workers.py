@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hark.demo.synth import make_clip, write_audio
 from hark.settings import Settings
-from hark.synth import make_clip, write_audio
 from hark.workers.ingest import Item, collect_files, split_windows
 from hark.workers.jobs import FileJobStore, RedisJobStore
 from hark.workers.submit import submit_job, wait_for
@@ -80,7 +80,7 @@ def settings_for(tmp_path: Path, **extra) -> Settings:
 
 
 def read_points(settings: Settings, collection: str = "audio") -> dict[str, dict]:
-    from hark.plugin.store import connect, resolve_collection
+    from hark.store import connect, resolve_collection
 
     client = connect(settings)
     try:
@@ -106,8 +106,9 @@ def test_collect_files_and_windows(audio_folder):
     flat = collect_files([audio_folder["root"]])
     deep = collect_files([audio_folder["root"]], recursive=True)
     assert str(audio_folder["nested"]) in deep and str(audio_folder["nested"]) not in flat
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        collect_files([audio_folder["root"] / "missing.wav"])
+    # A missing name is kept (it becomes a failed file with its reason), it no longer aborts the listing.
+    missing = audio_folder["root"] / "missing.wav"
+    assert collect_files([missing, audio_folder["nested"]]) == [str(missing), str(audio_folder["nested"])]
     # 75 s in 30 s windows: 0-30, 30-60, 60-75; a tail under a second is dropped, a short file is kept.
     assert [o for o, _ in split_windows(np.zeros(75 * 10), 300, 10)] == [0, 300, 600]
     assert len(split_windows(np.zeros(605), 300, 10)) == 2
@@ -204,7 +205,7 @@ def test_celery_worker_on_redis_matches_embedded_mode(audio_folder, bundle_dir, 
     assert points.keys() == reference.keys()
     for pid, point in points.items():
         ref = reference[pid]
-        strip = lambda p: {k: v for k, v in p.items() if k != "ingested_at"}  # noqa: E731
+        strip = lambda p: {k: v for k, v in p.items() if k not in {"ingested_at", "job"}}  # noqa: E731
         assert strip(point["payload"]) == strip(ref["payload"])
         np.testing.assert_allclose(point["vector"]["global"], ref["vector"]["global"], atol=1e-5)
     assert {Path(e["path"]).name for e in store.dead_letters()} == audio_folder["broken"]
@@ -245,7 +246,7 @@ def test_sigkilled_worker_loses_nothing(audio_folder, bundle_dir, tmp_path):
 
 
 def test_qdrant_outage_is_retried_until_it_returns(audio_folder, bundle_dir, tmp_path):
-    from hark.plugin.store import StoreUnavailableError, connect
+    from hark.store import StoreUnavailableError, connect
 
     broker = _redis_db(13)
     settings = settings_for(tmp_path, HARK_BROKER_URL=broker)
@@ -295,7 +296,7 @@ def test_poison_messages_are_dead_lettered(bundle_dir, tmp_path):
 def test_second_process_on_the_embedded_folder_gets_a_clear_error(audio_folder, bundle_dir, tmp_path, capsys,
                                                                   monkeypatch):
     from hark.cli import main
-    from hark.plugin.store import connect
+    from hark.store import connect
 
     settings = settings_for(tmp_path)
     for key, value in {"HARK_QDRANT_PATH": settings.qdrant_path, "HARK_STATE_DIR": settings.state_dir}.items():

@@ -48,7 +48,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aa
 # A trailing piece of a long recording shorter than this is not stored as a window of its own.
 MIN_TAIL_SECONDS = 1.0
 # Windows embedded (and upserted) together; decoding runs this many windows ahead of the encoder.
-WINDOWS_PER_WRITE = 8
+WINDOWS_PER_WRITE = 4
 DECODE_AHEAD = 2
 
 
@@ -176,13 +176,16 @@ class Ingestor:
         cfg = settings or self.settings
         return ensure_collection(client, collection, self.bundle, cfg.shards or None, cfg.replication or None)
 
-    def write_file(self, item: Item, copy: LocalCopy, client, physical: str) -> FileOutcome:
+    def write_file(self, item: Item, copy: LocalCopy, client, physical: str, job_id: str = "") -> FileOutcome:
         """Decode, embed and upsert one file window by window; a duplicate only gains a name in `sources`."""
         path, digest = item.path, copy.sha256
         stored = self._stored(client, physical, digest)
         if stored is not None:
             count, payload = stored
             first = payload.get("source_uri") or path
+            if job_id and payload.get("job") == job_id and first == path:
+                # This job stored it before being killed or retried (outcome not recorded yet): not a duplicate.
+                return FileOutcome(path, "ingested", points=count)
             names = list(payload.get("sources") or [first])
             if path not in names:
                 client.set_payload(physical, {"sources": [*names, path]},
@@ -192,7 +195,7 @@ class Ingestor:
         sr = self.bundle.sample_rate
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         base = {"source_uri": path, "sources": [path], "file_name": display_name(path), "content_hash": digest,
-                "model_version": self.bundle.version, "ingested_at": now, "meta": item.meta}
+                "model_version": self.bundle.version, "ingested_at": now, "job": job_id, "meta": item.meta}
         written: list[str] = []
         pending: list[tuple[int, np.ndarray]] = []
         samples = 0
@@ -263,7 +266,7 @@ class Ingestor:
     def _stored(client, physical: str, digest: str) -> tuple[int, dict[str, Any]] | None:
         """(windows, payload of the first window) when every window of this content is stored, else None."""
         first = client.retrieve(physical, ids=[point_id(digest, 0)],
-                                with_payload=["windows", "source_uri", "sources"], with_vectors=False)
+                                with_payload=["windows", "source_uri", "sources", "job"], with_vectors=False)
         if not first or not (first[0].payload or {}).get("windows"):
             return None
         count = int(first[0].payload["windows"])
@@ -271,11 +274,11 @@ class Ingestor:
         return (count, first[0].payload) if len(existing_ids(client, physical, ids)) == count else None
 
 
-def ingest_item(item: Item, targets: Sequence[tuple[Ingestor, str]], client) -> list[FileOutcome]:
+def ingest_item(item: Item, targets: Sequence[tuple[Ingestor, str]], client, job_id: str = "") -> list[FileOutcome]:
     """One file into every target (ingestor, physical collection); the source is read and hashed once."""
     try:
         with local_copy(item.path) as copy:
-            return [ingestor.write_file(item, copy, client, physical) for ingestor, physical in targets]
+            return [ingestor.write_file(item, copy, client, physical, job_id) for ingestor, physical in targets]
     except SourceError as exc:
         return [FileOutcome(item.path, "failed", exc.reason)] * len(targets)
 
@@ -335,7 +338,7 @@ def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_pa
         for path in write_targets(client, store, job_id, collection, bundle_path, settings):
             ingestor = ingestor_for(path, settings)
             targets.append((ingestor, ingestor.target(client, collection, settings)))
-        outcomes = [ingest_item(item, targets, client)[0] for item in items]
+        outcomes = [ingest_item(item, targets, client, job_id)[0] for item in items]
         for _, physical in targets:
             maybe_build_index(client, physical)
     finally:
