@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
+# Browser screenshots (desktop and phone widths) are kept here as test artefacts.
+export HARK_TEST_ARTIFACTS=${HARK_TEST_ARTIFACTS:-tests/artifacts}
 .venv/bin/python -m pytest -q "$@"

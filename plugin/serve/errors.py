@@ -11,7 +11,8 @@ import time
 from starlette.responses import JSONResponse
 
 INFER_PATHS = ("/infer", "/api/v1/infer")
-HARK_PATHS = ("/search", "/audio/", "/ui", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
+HARK_PATHS = ("/search", "/audio/", "/thumb/", "/ui", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json",
+              "/redoc")
 
 
 class ApiError(Exception):
