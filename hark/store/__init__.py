@@ -17,7 +17,7 @@ from typing import Any
 
 from hark.bundle import Bundle, VectorSpec
 from hark.settings import Settings
-from hark.store.errors import StoreError, StoreUnavailableError  # noqa: F401  (the layer's errors)
+from hark.store.errors import StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
