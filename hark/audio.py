@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from hark.errors import HarkError
+from hark.errors import SourcedError
 
 SAMPLE_RATE = 32000
 log = logging.getLogger(__name__)
@@ -41,17 +41,8 @@ _OGG_TAIL_BYTES = 66000
 _UNKNOWN_FRAMES = (1 << 62) - 1
 
 
-class AudioDecodeError(HarkError, ValueError):
+class AudioDecodeError(SourcedError, ValueError):
     """A file (or buffer) that cannot be turned into usable audio; `reason` says why in plain words."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
-
-    def __reduce__(self):
-        # Rebuild from both fields: worker processes and task queues ship exceptions by pickling.
-        return (type(self), (self.source, self.reason))
 
 
 class _BackendError(Exception):

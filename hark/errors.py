@@ -3,3 +3,16 @@
 
 class HarkError(Exception):
     """Something the user can fix (a path, a file, a setting); the message says what."""
+
+
+class SourcedError(HarkError):
+    """An error about one named source (a file, a URI): `source` names it, `reason` says why in plain words."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+    def __reduce__(self):
+        # Rebuild from both fields: worker processes and task queues ship exceptions by pickling.
+        return (type(self), (self.source, self.reason))

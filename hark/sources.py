@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlparse
 
-from hark.errors import HarkError
+from hark.errors import SourcedError
 
 # Schemes handed to fsspec; anything else with "://" is rejected by name instead of being taken as a path.
 REMOTE_SCHEMES = {"http", "https", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
@@ -32,16 +32,8 @@ BACKEND_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "s3a": 
 CHUNK_BYTES = 1 << 20
 
 
-class SourceError(HarkError, OSError):
+class SourceError(SourcedError, OSError):
     """A source that cannot be listed or read; `reason` says why in plain words."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
-
-    def __reduce__(self):
-        return (type(self), (self.source, self.reason))
 
 
 def scheme_of(source: str | os.PathLike) -> str:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_serve import serve_in_thread
 
 from hark.bundle import Bundle
 from hark.plugin.search import AudioSearch, QueryError
@@ -36,7 +34,6 @@ def _ingest(settings: Settings, corpus: Path, bundle: Path, collection: str = "s
 @pytest.fixture(scope="module")
 def served(bundle_dir, corpus, tmp_path_factory):
     """The evaluation split ingested into an embedded Qdrant, and `hark serve` on it in a thread."""
-    import uvicorn
 
     from hark.plugin.serve import create_app
     from hark.store import connect
@@ -53,20 +50,11 @@ def served(bundle_dir, corpus, tmp_path_factory):
     assert wait_for(store, job, timeout=5)["ingested"] == 1
     client = connect(settings)
     app = create_app(settings, str(bundle_dir), client=client)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    url, stop = serve_in_thread(app)
     facade = AudioSearch(client, Bundle.load(bundle_dir), "sounds", "cpu")
-    yield {"url": f"http://127.0.0.1:{port}", "client": client, "facade": facade, "app": app, "settings": settings,
+    yield {"url": url, "client": client, "facade": facade, "app": app, "settings": settings,
            "service": app.state.service}
-    server.should_exit = True
-    thread.join(timeout=10)
+    stop()
     client.close()
 
 
