@@ -72,7 +72,7 @@ print(hwm(), out.points, time.perf_counter() - start)
 """
 
 
-def rss_vs_length(minutes: list[int]) -> None:
+def rss_vs_length(minutes: list[int], container: str = "flac") -> None:
     import subprocess
     import sys
 
@@ -88,18 +88,19 @@ def rss_vs_length(minutes: list[int]) -> None:
         rows = []
         rng = np.random.default_rng(0)
         for m in minutes:
-            path = tmp / f"{m}min.flac"
-            with sf.SoundFile(path, "w", 32000, 1, format="FLAC") as out:
+            path = tmp / f"{m}min.{container}"
+            with sf.SoundFile(path, "w", 32000, 1, format=container.upper(), subtype="PCM_16") as out:
                 for _ in range(m):
                     out.write((0.1 * rng.standard_normal(32000 * 60)).astype(np.float32))
             run = subprocess.run([sys.executable, "-c", RSS_CHILD, str(path), str(bundle), str(tmp / f"q{m}")],
                                  capture_output=True, text=True, check=True)
             peak_kib, windows, seconds = run.stdout.split()
-            rows.append({"minutes": m, "flac_mb": round(path.stat().st_size / 1e6, 1),
+            rows.append({"minutes": m, "format": container, "file_mb": round(path.stat().st_size / 1e6, 1),
                          "peak_rss_mb": round(int(peak_kib) / 1024, 1), "windows": int(windows),
                          "seconds": round(float(seconds), 1)})
-            print(f"{m:5d} min  FLAC {rows[-1]['flac_mb']:7.1f} MB  peak RSS {rows[-1]['peak_rss_mb']:7.1f} MB  "
-                  f"{windows} windows in {rows[-1]['seconds']} s", flush=True)
+            row = rows[-1]
+            print(f"{m:5d} min  {container.upper()} {row['file_mb']:7.1f} MB  peak RSS {row['peak_rss_mb']:7.1f} MB  "
+                  f"{windows} windows in {row['seconds']} s", flush=True)
             path.unlink()
     print(json.dumps({"rss_vs_length": rows}))
 
@@ -108,13 +109,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rss", action="store_true", help="peak RSS against recording length (tiny bundle)")
     parser.add_argument("--minutes", type=int, nargs="+", default=[10, 60, 120], help="lengths for --rss")
+    parser.add_argument("--format", default="flac", choices=["flac", "wav"], help="container for --rss")
     parser.add_argument("--quick", action="store_true", help="4 clips and a 4-layer PaSST (about a minute)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--clips", type=int, default=None)
     parser.add_argument("--decoders", type=int, default=1, help="decode processes")
     args = parser.parse_args()
     if args.rss:
-        rss_vs_length(args.minutes)
+        rss_vs_length(args.minutes, args.format)
         return
     n = args.clips or (4 if args.quick else 12)
     rng = np.random.default_rng(0)
