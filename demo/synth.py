@@ -289,6 +289,205 @@ _RENDER: Mapping[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "wind": _wind,
 }
 
+# ---------------------------------------------------------------------------------------------------
+# Variant "b": other renderings and wording for the same ten events, in its own seed space. It exists to
+# measure generalisation (a recipe tuned on the default corpus is scored on this one); never tune on it.
+
+EVENTS_B: Mapping[str, tuple[str, ...]] = {
+    "dog": ("a hound yaps", "a puppy is yapping", "a dog growls and woofs"),
+    "siren": ("an alarm blares", "a two-tone alarm is sounding", "an ambulance horn blares"),
+    "rain": ("a downpour patters", "raindrops are pattering", "heavy showers patter"),
+    "bell": ("a chime is struck", "a gong resonates", "a metal chime resonates"),
+    "bird": ("a songbird trills", "a songbird is trilling", "a warbler sings a trill"),
+    "engine": ("a truck idles", "a diesel engine is idling", "a large vehicle rumbles idly"),
+    "speech": ("a woman talks", "a woman is chatting", "a female voice speaks softly"),
+    "drip": ("a tap leaks", "a faucet is leaking drop by drop", "liquid plops into a basin"),
+    "footsteps": ("boots crunch on gravel", "someone is treading on gravel", "steps crunch along a path"),
+    "wind": ("a breeze whistles", "the gale is howling", "air whistles through a gap"),
+}
+
+_SINGLE_B = ("{a}", "there is a recording where {a}", "{a} in the distance", "clearly, {a}")
+_MIXED_2_B = ("{a} whilst {b}", "{a} and simultaneously {b}", "{a}; at once {b}", "{a} during the time {b}")
+_SEQUENCE_2_B = ("{a}, and next {b}", "to begin with {a}, later {b}", "{a}; subsequently {b}", "once {a}, {b}")
+_ANY_2_B = ("{a} plus {b}", "{a}, along with {b}")
+_ANY_3_B = ("{a}, {b} plus {c}", "{a}, along with {b} and {c}")
+_MIXED_3_B = ("{a}, {b} and {c} together", "{a} whilst {b} and {c}")
+_SEQUENCE_3_B = ("{a}, next {b}, and lastly {c}", "to begin with {a}, later {b}, finally {c}")
+
+
+def _dog_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Noise-excited growls in pairs ("woof-woof"): band-passed noise with a 25-40 Hz roughness.
+    out = np.zeros(n)
+    lo = rng.uniform(250, 400)
+    rough = rng.uniform(25, 40)
+    for start in _times(rng, n / sr, (0.9, 1.6)):
+        for k in range(2):
+            m = int(rng.uniform(0.12, 0.22) * sr)
+            t = np.arange(m) / sr
+            burst = _bandpass(rng.standard_normal(m), sr, lo, lo * 3.5) * (0.6 + 0.4 * np.sin(2 * np.pi * rough * t))
+            _place(out, int((start + k * rng.uniform(0.22, 0.3)) * sr), burst * np.hanning(m))
+    return out
+
+
+def _siren_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Two-tone (hi-lo) alarm: alternating square-ish tones with odd harmonics.
+    t = np.arange(n) / sr
+    lo = rng.uniform(550, 700)
+    hi = lo * rng.uniform(1.3, 1.45)
+    half = rng.uniform(0.4, 0.7)
+    freq = np.where((t // half) % 2 == 0, lo, hi)
+    phase = 2 * np.pi * np.cumsum(freq) / sr
+    return sum(np.sin(k * phase) / k for k in (1, 3, 5, 7))
+
+
+def _rain_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Patter: many decaying ticks over a mid band, plus a faint low rumble.
+    ticks = np.zeros(n)
+    count = int(n / sr * rng.uniform(150, 300))
+    ticks[rng.integers(0, n, count)] = rng.uniform(0.5, 2.0, count)
+    kernel = np.exp(-np.arange(int(0.004 * sr)) / (0.0008 * sr))
+    patter = _bandpass(np.convolve(ticks, kernel)[:n], sr, 800, min(5000, 0.45 * sr))
+    rumble = _bandpass(rng.standard_normal(n), sr, 40, 200)
+    return patter / (np.std(patter) + 1e-9) + 0.3 * rumble / (np.std(rumble) + 1e-9)
+
+
+def _bell_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # FM gong strikes: carrier 1.2-1.8 kHz, modulator at an inharmonic ratio, index decaying with the note.
+    out = np.zeros(n)
+    fc = rng.uniform(1200, 1800)
+    ratio = rng.uniform(1.35, 1.5)
+    decay = rng.uniform(1.0, 2.0)
+    for start in _times(rng, n / sr, (1.5, 3.0)):
+        m = min(int(decay * 3 * sr), n)
+        t = np.arange(m) / sr
+        env = np.exp(-t / decay)
+        note = np.sin(2 * np.pi * fc * t + 3.0 * env * np.sin(2 * np.pi * fc * ratio * t))
+        _place(out, int(start * sr), note * env * np.clip(t / 0.003, 0, 1))
+    return out
+
+
+def _bird_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Trills: a 2.5-4.5 kHz tone with fast, deep vibrato, in notes of 0.2-0.5 s.
+    out = np.zeros(n)
+    base = rng.uniform(2500, 4500)
+    rate = rng.uniform(18, 30)
+    for start in _times(rng, n / sr, (0.5, 1.2)):
+        m = int(rng.uniform(0.2, 0.5) * sr)
+        t = np.arange(m) / sr
+        freq = base * rng.uniform(0.9, 1.1) + 400 * np.sin(2 * np.pi * rate * t)
+        _place(out, int(start * sr), np.sin(2 * np.pi * np.cumsum(freq) / sr) * np.hanning(m))
+    return out
+
+
+def _engine_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Idling diesel: a 25-45 Hz pulse train (sawtooth-like harmonics) with irregular firing jitter.
+    t = np.arange(n) / sr
+    f0 = rng.uniform(25, 45) * (1 + 0.05 * (_smooth_noise(rng, n, sr, 2.0) - 0.5))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    harmonics = sum(np.sin(k * phase) / k for k in range(1, 30))
+    knock = _bandpass(rng.standard_normal(n), sr, 300, 1500) * (np.sin(phase) > 0.95)
+    return harmonics + 0.5 * knock + 0.05 * np.sin(2 * np.pi * 3 * t)
+
+
+def _speech_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # A higher voice (180-240 Hz) with gliding formants and breathy noise, faster syllables.
+    out = np.zeros(n)
+    f0_base = rng.uniform(180, 240)
+    t0 = rng.uniform(0.0, 0.3)
+    while t0 < n / sr:
+        for _ in range(int(rng.integers(3, 7))):
+            m = int(rng.uniform(0.1, 0.2) * sr)
+            t = np.arange(m) / sr
+            (a1, a2), (b1, b2) = (_VOWELS[int(i)] for i in rng.integers(len(_VOWELS), size=2))
+            glide = t / t[-1]
+            f1, f2 = a1 + (b1 - a1) * glide, a2 + (b2 - a2) * glide
+            phase = 2 * np.pi * np.cumsum(f0_base * (1.05 - 0.1 * glide)) / sr
+            syllable = np.zeros(m)
+            for k in range(1, int(min(4500, 0.45 * sr) / f0_base)):
+                hk = k * f0_base
+                gain = np.exp(-(((hk - f1) / 150) ** 2)) + 0.5 * np.exp(-(((hk - f2) / 200) ** 2)) + 0.01
+                syllable += gain * np.sin(k * phase)
+            breath = 0.2 * _bandpass(rng.standard_normal(m), sr, 1500, min(4000, 0.45 * sr))
+            _place(out, int(t0 * sr), (syllable + breath) * np.hanning(m))
+            t0 += m / sr + rng.uniform(0.01, 0.04)
+        t0 += rng.uniform(0.3, 0.8)
+    return out
+
+
+def _drip_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Metronomic "bloops": damped tones falling from 600-900 Hz, one every 0.4-0.7 s.
+    out = np.zeros(n)
+    period = rng.uniform(0.4, 0.7)
+    start = rng.uniform(0.0, 0.2)
+    while start < n / sr:
+        m = int(0.15 * sr)
+        t = np.arange(m) / sr
+        f = rng.uniform(600, 900) * (1 - 0.4 * np.clip(t / 0.05, 0, 1))
+        _place(out, int(start * sr), np.sin(2 * np.pi * np.cumsum(f) / sr) * np.exp(-t / 0.03))
+        start += period * rng.uniform(0.97, 1.03)
+    return out
+
+
+def _footsteps_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Gravel crunches: granular clusters of 1-4 kHz clicks, about one step every 0.7-0.9 s, level steady.
+    out = np.zeros(n)
+    interval = rng.uniform(0.7, 0.9)
+    start = rng.uniform(0.0, 0.3)
+    while start < n / sr:
+        m = int(0.18 * sr)
+        grains = np.zeros(m)
+        grains[rng.integers(0, m, 60)] = rng.uniform(-1, 1, 60)
+        crunch = _bandpass(grains, sr, 1000, min(4000, 0.45 * sr)) * np.exp(-np.arange(m) / (0.07 * sr))
+        _place(out, int(start * sr), crunch)
+        start += interval * rng.uniform(0.95, 1.05)
+    return out
+
+
+def _wind_b(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    # Whistling: a narrow noise band whose centre wanders between 400 and 1200 Hz, over a soft hiss.
+    noise = rng.standard_normal(n)
+    centre = 400 + 800 * _smooth_noise(rng, n, sr, rng.uniform(0.2, 0.5))
+    # Narrow band by heterodyning: low-passed noise shifted to the moving centre frequency.
+    base = _bandpass(noise, sr, 1, 60)
+    whistle = base * np.sin(2 * np.pi * np.cumsum(centre) / sr)
+    hiss = _bandpass(rng.standard_normal(n), sr, 2000, min(6000, 0.45 * sr))
+    return whistle / (np.std(whistle) + 1e-9) + 0.2 * hiss / (np.std(hiss) + 1e-9)
+
+
+@dataclass(frozen=True)
+class _Variant:
+    events: Mapping[str, tuple[str, ...]]
+    render: Mapping[str, Callable[[np.random.Generator, int, int], np.ndarray]]
+    single: tuple[str, ...]
+    two: Mapping[Arrangement | None, tuple[str, ...]]
+    three: Mapping[Arrangement | None, tuple[str, ...]]
+    counts_p: tuple[float, float, float]
+    level_db: tuple[float, float]
+    noise_db: float
+    gap_s: float
+    seed_salt: tuple[int, ...]  # appended to every clip's seed: its own seed space
+
+
+VARIANTS: Mapping[str, _Variant] = {
+    "a": _Variant(EVENTS, _RENDER, _SINGLE, {"mixed": _MIXED_2, "sequence": _SEQUENCE_2, None: _ANY_2},
+                  {"mixed": _MIXED_3, "sequence": _SEQUENCE_3, None: _ANY_3}, (0.35, 0.4, 0.25), (-24.0, -18.0),
+                  -55.0, 0.2, ()),
+    "b": _Variant(
+        EVENTS_B,
+        {"dog": _dog_b, "siren": _siren_b, "rain": _rain_b, "bell": _bell_b, "bird": _bird_b, "engine": _engine_b,
+         "speech": _speech_b, "drip": _drip_b, "footsteps": _footsteps_b, "wind": _wind_b},
+        _SINGLE_B, {"mixed": _MIXED_2_B, "sequence": _SEQUENCE_2_B, None: _ANY_2_B},
+        {"mixed": _MIXED_3_B, "sequence": _SEQUENCE_3_B, None: _ANY_3_B}, (0.3, 0.45, 0.25), (-27.0, -15.0),
+        -50.0, 0.2, (0xB,)),
+}
+
+
+def _variant(name: str) -> _Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown synthetic variant {name!r}; known: {sorted(VARIANTS)}")
+    return VARIANTS[name]
+
+
 # Lowest rate we synthesise at: the bird and bell signatures sit above 4 kHz, so an 8 kHz target is
 # produced by band-limited resampling rather than by aliasing.
 _SYNTH_RATE = 32000
@@ -306,13 +505,17 @@ def make_scene(
     n_events: int | None = None,
     arrangement: Arrangement | None = None,
     events: Sequence[str] | None = None,
+    variant: str = "a",
 ) -> Scene:
-    """Render one clip with 1-3 events, either all overlapping ("mixed") or one after the other."""
+    """Render one clip with 1-3 events, either all overlapping ("mixed") or one after the other.
+
+    `variant` picks the renderings ("a", the default, or "b"; see VARIANTS)."""
     if duration_s <= 0:
         raise ValueError(f"duration_s must be positive, got {duration_s}")
+    style = _variant(variant)
     names = list(EVENTS)
     if events is None:
-        count = n_events or int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25]))
+        count = n_events or int(rng.choice([1, 2, 3], p=list(style.counts_p)))
         chosen = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
     else:
         unknown = [e for e in events if e not in EVENTS]
@@ -335,11 +538,11 @@ def make_scene(
         # Slots of random length (each at least a fifth of the clip), separated by short gaps.
         weights = rng.uniform(1.0, 2.0, len(chosen))
         bounds = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()]) * n
-        gap = int(0.2 * rate)
+        gap = int(style.gap_s * rate)
         spans = [(int(bounds[i]) + (gap if i else 0), int(bounds[i + 1])) for i in range(len(chosen))]
     for name, (start, end) in zip(chosen, spans, strict=True):
-        part = _normalised(_RENDER[name](rng, end - start, rate))
-        level = 10 ** (rng.uniform(-24.0, -18.0) / 20)
+        part = _normalised(style.render[name](rng, end - start, rate))
+        level = 10 ** (rng.uniform(*style.level_db) / 20)
         fade = min(int(0.02 * rate), (end - start) // 2)
         if fade:
             ramp = np.linspace(0.0, 1.0, fade)
@@ -348,7 +551,7 @@ def make_scene(
         mix[start:end] += level * part
         onsets.append(round(start / rate, 3))
         offsets.append(round(end / rate, 3))
-    mix += 10 ** (-55 / 20) * rng.standard_normal(n)
+    mix += 10 ** (style.noise_db / 20) * rng.standard_normal(n)
     peak = float(np.max(np.abs(mix)))
     if peak > 0.95:
         mix *= 0.95 / peak
@@ -357,9 +560,11 @@ def make_scene(
     return Scene(mix.astype(np.float32), sample_rate, chosen, arrangement, onsets, offsets)
 
 
-def make_clip(rng: np.random.Generator, duration_s: float, sample_rate: int) -> tuple[np.ndarray, list[str]]:
+def make_clip(
+    rng: np.random.Generator, duration_s: float, sample_rate: int, variant: str = "a"
+) -> tuple[np.ndarray, list[str]]:
     """Render one clip; returns (float32 mono audio, event names in order of onset)."""
-    scene = make_scene(rng, duration_s, sample_rate)
+    scene = make_scene(rng, duration_s, sample_rate, variant=variant)
     return scene.audio, scene.events
 
 
@@ -368,7 +573,11 @@ def _sentence(text: str) -> str:
 
 
 def captions_for(
-    events: Sequence[str], rng: np.random.Generator, n: int, arrangement: Arrangement | None = None
+    events: Sequence[str],
+    rng: np.random.Generator,
+    n: int,
+    arrangement: Arrangement | None = None,
+    variant: str = "a",
 ) -> list[str]:
     """`n` distinct paraphrased captions for a clip holding `events`.
 
@@ -379,21 +588,16 @@ def captions_for(
         raise ValueError(f"captions need 1-3 events, got {len(events)}")
     if arrangement not in ("mixed", "sequence", None):
         raise ValueError(f"arrangement must be 'mixed', 'sequence' or None, got {arrangement!r}")
+    style = _variant(variant)
     captions: list[str] = []
     for _attempt in range(n * 20):
         order = list(events)
         if arrangement != "sequence":
             # Simultaneous events can be named in any order.
             order = [order[i] for i in rng.permutation(len(order))]
-        clauses = [EVENTS[e][int(rng.integers(len(EVENTS[e])))] for e in order]
-        if len(clauses) == 1:
-            templates = _SINGLE
-        else:
-            templates = {
-                "mixed": (_MIXED_2, _MIXED_3),
-                "sequence": (_SEQUENCE_2, _SEQUENCE_3),
-                None: (_ANY_2, _ANY_3),
-            }[arrangement][len(clauses) - 2]
+        clauses = [style.events[e][int(rng.integers(len(style.events[e])))] for e in order]
+        by_count = {1: {arrangement: style.single}, 2: style.two, 3: style.three}
+        templates = by_count[len(clauses)][arrangement]
         template = templates[int(rng.integers(len(templates)))]
         caption = _sentence(template.format(**dict(zip("abc", clauses, strict=False))))
         if caption not in captions:
@@ -405,11 +609,11 @@ def captions_for(
     return captions
 
 
-def events_in_caption(caption: str) -> frozenset[str]:
+def events_in_caption(caption: str, variant: str = "a") -> frozenset[str]:
     """The event set a generated caption describes (clauses are unique to their event)."""
     lowered = caption.lower()
     found = set()
-    for name, clauses in EVENTS.items():
+    for name, clauses in _variant(variant).events.items():
         if any(clause in lowered for clause in clauses):
             found.add(name)
     return frozenset(found)
@@ -462,8 +666,8 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
         writer.writerows(rows)
 
 
-def _clip_rng(seed: int, tag: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, tag, index])
+def _clip_rng(seed: int, tag: int, index: int, variant: str = "a") -> np.random.Generator:
+    return np.random.default_rng([seed, tag, index, *_variant(variant).seed_salt])
 
 
 def _write_broken(directory: Path, index: int, rng: np.random.Generator) -> str:
@@ -496,6 +700,7 @@ def write_clotho_corpus(
     sample_rates: Sequence[int] = (32000,),
     channels: Sequence[int] = (1,),
     broken: int = 0,
+    variant: str = "a",
 ) -> dict:
     """Write a Clotho v2 style corpus under `root` and return a summary.
 
@@ -504,7 +709,8 @@ def write_clotho_corpus(
     `relevance_evaluation.csv` (query, audio_filenames as a Python list literal) in which a query is
     relevant to every evaluation clip with the same event set. Formats, sample rates and channel counts
     are cycled across clips; `broken` adds that many unreadable files (empty, random bytes, text named
-    .wav, truncated MP3) to the development split, listed in its CSV like any other clip.
+    .wav, truncated MP3) to the development split, listed in its CSV like any other clip. `variant` picks
+    the generator ("a", the default, or "b": other renderings, wording and seeds; see VARIANTS).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -516,17 +722,17 @@ def write_clotho_corpus(
         audio_dir.mkdir(exist_ok=True)
         rows, metadata, events = [], [], {}
         for i in range(count):
-            rng = _clip_rng(seed, tag, i)
+            rng = _clip_rng(seed, tag, i, variant)
             fmt = formats[i % len(formats)]
             rate = sample_rates[(i // len(formats)) % len(sample_rates)]
             n_channels = channels[(i // (len(formats) * len(sample_rates))) % len(channels)]
-            scene = make_scene(rng, float(rng.uniform(*durations)), rate)
+            scene = make_scene(rng, float(rng.uniform(*durations)), rate, variant=variant)
             # Real Clotho names carry spaces and punctuation; a comma forces CSV quoting.
             stem = f"{split[:3]}_{i:04d} take{', two' if i % 7 == 3 else ''}"
             path = write_audio(audio_dir / f"{stem}.{fmt}", scene.audio, rate, n_channels)
             if path.suffix != f".{fmt}":
                 summary["fallbacks"].append(path.name)
-            captions = captions_for(scene.events, rng, 5, scene.arrangement)
+            captions = captions_for(scene.events, rng, 5, scene.arrangement, variant)
             rows.append([path.name, *captions])
             if split == "evaluation":
                 eval_captions[path.name] = captions
@@ -534,10 +740,10 @@ def write_clotho_corpus(
             events[path.name] = list(scene.events)
         if split == "development":
             for j in range(broken):
-                rng = _clip_rng(seed, 1000 + tag, j)
+                rng = _clip_rng(seed, 1000 + tag, j, variant)
                 name = _write_broken(audio_dir, j, rng)
-                fake = make_scene(rng, 1.0, 8000)
-                rows.append([name, *captions_for(fake.events, rng, 5, fake.arrangement)])
+                fake = make_scene(rng, 1.0, 8000, variant=variant)
+                rows.append([name, *captions_for(fake.events, rng, 5, fake.arrangement, variant)])
                 summary["broken"].append(name)
         csv_path = root / f"clotho_captions_{split}.csv"
         _write_csv(csv_path, ["file_name", *(f"caption_{k}" for k in range(1, 6))], rows)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hark import synth
 from hark.audio import AudioDecodeError, decode_audio
+from hark.demo import synth
 
 SR = 32000
 
@@ -226,3 +226,56 @@ def test_other_writers_produce_their_layouts(tmp_path):
     assert list(strong[0]) == ["filename", "text", "onset", "offset"]
     assert all(float(r["onset"]) < float(r["offset"]) for r in strong)
     assert len(tc["development"]) == 3 and len(tc["test"]) == 1
+
+
+# -- variant "b": other renderings, wording and seeds (for measuring generalisation) -------------------
+
+
+def test_default_variant_is_unchanged_by_the_variant_parameter(tmp_path):
+    synth.write_clotho_corpus(tmp_path / "implicit", SMALL, durations=(1.0, 2.0), seed=3)
+    synth.write_clotho_corpus(tmp_path / "explicit", SMALL, durations=(1.0, 2.0), seed=3, variant="a")
+    assert _digest(tmp_path / "implicit") == _digest(tmp_path / "explicit")
+
+
+def test_variant_b_differs_in_sound_wording_and_seeds(tmp_path):
+    a = synth.make_scene(np.random.default_rng(5), 3.0, SR, events=["siren"])
+    b = synth.make_scene(np.random.default_rng(5), 3.0, SR, events=["siren"], variant="b")
+    assert a.audio.shape == b.audio.shape and not np.allclose(a.audio, b.audio)
+    clauses_a = {c for cs in synth.EVENTS.values() for c in cs}
+    for events, arrangement in ((["dog"], "mixed"), (["siren", "rain"], "sequence"), (["bell", "bird", "wind"], None)):
+        captions = synth.captions_for(events, np.random.default_rng(0), 5, arrangement, variant="b")
+        for caption in captions:
+            assert synth.events_in_caption(caption, variant="b") == frozenset(events)
+            assert synth.events_in_caption(caption) == frozenset(), caption  # no default clause appears
+            assert not any(c in caption.lower() for c in clauses_a)
+    synth.write_clotho_corpus(tmp_path / "a", SMALL, durations=(1.0, 2.0), seed=3)
+    synth.write_clotho_corpus(tmp_path / "b", SMALL, durations=(1.0, 2.0), seed=3, variant="b")
+    synth.write_clotho_corpus(tmp_path / "b2", SMALL, durations=(1.0, 2.0), seed=3, variant="b")
+    assert _digest(tmp_path / "b") == _digest(tmp_path / "b2")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "b")
+    with pytest.raises(ValueError, match="unknown synthetic variant"):
+        synth.make_scene(np.random.default_rng(0), 1.0, SR, variant="c")
+
+
+def test_variant_b_sequence_captions_keep_order_and_events_stay_separable():
+    captions = synth.captions_for(["dog", "siren"], np.random.default_rng(2), 4, "sequence", variant="b")
+    for caption in captions:
+        lowered = caption.lower()
+        dog = min(lowered.find(c) for c in synth.EVENTS_B["dog"] if c in lowered)
+        siren = min(lowered.find(c) for c in synth.EVENTS_B["siren"] if c in lowered)
+        assert dog < siren, caption
+    # The same nearest-centroid check as for the default renderings.
+    names = list(synth.EVENTS)
+    features, labels = [], []
+    for k, name in enumerate(names):
+        for r in range(5):
+            scene = synth.make_scene(np.random.default_rng([3, k, r]), 2.5, SR, events=[name], variant="b")
+            features.append(_band_features(scene.audio))
+            labels.append(k)
+    x, y = np.array(features), np.array(labels)
+    correct = 0
+    for i in range(len(x)):
+        others = np.arange(len(x)) != i
+        centroids = np.stack([x[others & (y == k)].mean(0) for k in range(len(names))])
+        correct += int(np.argmin(((centroids - x[i]) ** 2).sum(1)) == y[i])
+    assert correct / len(x) >= 0.9

@@ -121,6 +121,22 @@ class TrainConfig:
     val_split: str = "validation"
     # Caption pairs drawn per epoch: "captions" (every caption once) or "audio" (one per clip).
     pairs_per_epoch: str = "captions"
+    # Small-data augmentation (all off by default: the report's recipe). SpecAugment-style masks on the
+    # training log-mel: how many frequency bands / time spans per segment, each up to this many mel bins /
+    # frames wide (masked to zero, the normalised mel's mean).
+    spec_freq_masks: int = 0
+    spec_freq_width: int = 0
+    spec_time_masks: int = 0
+    spec_time_width: int = 0
+    # Random gain of each training clip, uniform in +-gain_db decibels.
+    gain_db: float = 0.0
+    # Random delay: up to this many seconds of silence before each training clip (order is kept, unlike a
+    # circular shift, which would move the end of "A, then B" before A).
+    shift_seconds: float = 0.0
+    # Share of each batch's rows whose audio is mixed with another row's, captions joined by "and".
+    mix_fraction: float = 0.0
+    # Probability of dropping each caption word (never order words such as "then", "before", "after").
+    word_dropout: float = 0.0
 
 
 @dataclass
@@ -167,6 +183,13 @@ class ModelConfig:
             raise ConfigError(f"{source}: heads.compare_to must be text or query")
         if self.train.pairs_per_epoch not in {"captions", "audio"}:
             raise ConfigError(f"{source}: train.pairs_per_epoch must be captions or audio")
+        t = self.train
+        if min(t.spec_freq_masks, t.spec_freq_width, t.spec_time_masks, t.spec_time_width) < 0:
+            raise ConfigError(f"{source}: train.spec_* mask counts and widths must be >= 0")
+        if t.gain_db < 0 or t.shift_seconds < 0:
+            raise ConfigError(f"{source}: train.gain_db and train.shift_seconds must be >= 0")
+        if not (0.0 <= t.mix_fraction <= 1.0 and 0.0 <= t.word_dropout < 1.0):
+            raise ConfigError(f"{source}: train.mix_fraction must be in [0, 1] and train.word_dropout in [0, 1)")
         if self.train.batch_size < 2:
             raise ConfigError(f"{source}: train.batch_size must be at least 2 for a contrastive loss")
 

@@ -24,12 +24,48 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .data.dataset import AudioCaptionDataset, collate
+from .data.dataset import AudioCaptionDataset, Augment, collate, mix_batch
 from .data.formats import Example
 from .evaluate import score_split, split_metrics
 from .model import CheckpointError, RetrievalModel, read_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+class SpecMasker:
+    """SpecAugment-style masking as a forward hook on the mel front end, in training mode only.
+
+    Each segment's [n_mels, frames] image gets `freq_masks` bands of up to `freq_width` mel bins and
+    `time_masks` spans of up to `time_width` frames set to zero (about the normalised mel's mean). The masks
+    draw from torch's global RNG, whose state last.pt carries, so a resumed run draws the same masks.
+    """
+
+    def __init__(self, freq_masks: int, freq_width: int, time_masks: int, time_width: int) -> None:
+        self.freq = (freq_masks, freq_width)
+        self.time = (time_masks, time_width)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.freq[0] * self.freq[1] or self.time[0] * self.time[1])
+
+    @staticmethod
+    def _mask(size: int, rows: int, count: int, width: int, device: torch.device) -> torch.Tensor:
+        """[rows, size] bool: True where one of `count` random spans of width 0..width falls."""
+        pos = torch.arange(size, device=device)
+        out = torch.zeros(rows, size, dtype=torch.bool, device=device)
+        for _ in range(count):
+            w = torch.randint(0, width + 1, (rows, 1), device=device)
+            start = (torch.rand(rows, 1, device=device) * (size - w + 1)).long()
+            out |= (pos >= start) & (pos < start + w)
+        return out
+
+    def __call__(self, module: torch.nn.Module, _inputs: Any, mel: torch.Tensor) -> torch.Tensor | None:
+        if not module.training or not self.active:
+            return None
+        rows, n_mels, frames = mel.shape
+        drop = self._mask(n_mels, rows, *self.freq, mel.device)[:, :, None]
+        drop = drop | self._mask(frames, rows, *self.time, mel.device)[:, None, :]
+        return mel.masked_fill(drop, 0.0)
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -150,7 +186,10 @@ class Trainer:
                              "lower train.batch_size or add data")
         self.dataset = AudioCaptionDataset(items, train=True, crop_seconds=cfg.crop_seconds,
                                            sample_rate=model.cfg.audio.sample_rate, seed=cfg.seed,
-                                           cache_size=len(train_examples) if cfg.cache_audio else 0)
+                                           cache_size=len(train_examples) if cfg.cache_audio else 0,
+                                           augment=Augment(cfg.gain_db, cfg.shift_seconds, cfg.word_dropout))
+        self.spec_masker = SpecMasker(cfg.spec_freq_masks, cfg.spec_freq_width, cfg.spec_time_masks,
+                                      cfg.spec_time_width)
         self.sampler = EpochBatches(len(items), cfg.batch_size, cfg.seed)
         self.steps_per_epoch = len(items) // cfg.batch_size
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -236,6 +275,23 @@ class Trainer:
         return out
 
     def fit(self) -> RunResult:
+        # The hook is only attached while fitting, so the trained model object carries no augmentation.
+        hook = (self.model.audio.frontend.register_forward_hook(self.spec_masker)
+                if self.spec_masker.active else None)
+        try:
+            return self._fit()
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def _mixed(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not self.cfg.mix_fraction:
+            return batch
+        # Seeded by the batch's position, so a resumed run mixes the same rows.
+        gen = torch.Generator().manual_seed((self.cfg.seed * 100_003 + self.epoch) * 10_007 + self.batch_in_epoch)
+        return mix_batch(batch, self.cfg.mix_fraction, gen)
+
+    def _fit(self) -> RunResult:
         total_epochs = self.cfg.warmup_epochs + self.cfg.epochs
         accum = max(1, self.cfg.grad_accum)
         steps_here = 0
@@ -250,6 +306,7 @@ class Trainer:
                 if len(batch["captions"]) < 2:  # every file of the batch failed to decode
                     self.batch_in_epoch += 1
                     continue
+                batch = self._mixed(batch)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                     loss, report = self.objective(batch)
                 self.scaler.scale(loss / accum).backward()

@@ -9,8 +9,10 @@ so a bad file is reported at most once per worker.
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +23,30 @@ from hark.audio import SAMPLE_RATE, AudioDecodeError, decode_audio
 from .formats import Example
 
 log = logging.getLogger(__name__)
+
+# Words that carry temporal order: caption augmentation never drops them, so "A, then B" stays ordered.
+ORDER_WORDS = frozenset({"then", "before", "after", "afterwards", "first", "finally", "next", "later", "once",
+                         "subsequently", "lastly", "begin", "end", "while", "whilst", "meanwhile", "during"})
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-item training augmentation (the batch-level ones live in `mix_batch` and the loop)."""
+
+    gain_db: float = 0.0  # random gain in +-gain_db
+    shift_seconds: float = 0.0  # up to this much leading silence
+    word_dropout: float = 0.0  # per-word drop probability, order words excepted
+
+    @property
+    def active(self) -> bool:
+        return bool(self.gain_db or self.shift_seconds or self.word_dropout)
+
+
+def drop_words(caption: str, p: float, rng: np.random.Generator) -> str:
+    """`caption` with each word dropped with probability p, except order words; at least one word stays."""
+    words = caption.split()
+    keep = [w for w in words if re.sub(r"\W", "", w.lower()) in ORDER_WORDS or rng.random() >= p]
+    return " ".join(keep) if keep else words[int(rng.integers(len(words)))]
 
 
 class AudioCaptionDataset(Dataset):
@@ -41,8 +67,10 @@ class AudioCaptionDataset(Dataset):
         sample_rate: int = SAMPLE_RATE,
         seed: int = 0,
         cache_size: int = 0,
+        augment: Augment | None = None,
     ) -> None:
         self.examples = list(examples)
+        self.augment = augment or Augment()
         self.train = train
         self.crop_samples = round(crop_seconds * sample_rate) if crop_seconds else None
         self.sample_rate = sample_rate
@@ -93,6 +121,9 @@ class AudioCaptionDataset(Dataset):
                 start = int(rng.integers(0, len(audio) - self.crop_samples + 1))
                 audio = audio[start : start + self.crop_samples]
             captions = [example.captions[int(rng.integers(len(example.captions)))]]
+            if self.augment.active:
+                # Drawn after the crop and caption, so turning augmentation on changes neither.
+                audio, captions = self._augmented(audio, captions, rng)
         else:
             captions = list(example.captions)
         return {
@@ -101,6 +132,43 @@ class AudioCaptionDataset(Dataset):
             "audio_id": example.audio_id,
             "source": example.source,
         }
+
+
+    def _augmented(self, audio: np.ndarray, captions: list[str], rng: np.random.Generator):
+        aug = self.augment
+        gain = 10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20) if aug.gain_db else 1.0
+        audio = audio * np.float32(gain)
+        if aug.shift_seconds:
+            delay = int(rng.uniform(0, aug.shift_seconds) * self.sample_rate)
+            audio = np.concatenate([np.zeros(delay, dtype=audio.dtype), audio])
+        if aug.word_dropout:
+            captions = [drop_words(c, aug.word_dropout, rng) for c in captions]
+        return audio.astype(np.float32, copy=False), captions
+
+
+def mix_batch(batch: dict, fraction: float, generator: torch.Generator) -> dict:
+    """Batch-level mixing: a `fraction` of rows get another row's audio added and its caption joined.
+
+    Row i mixed with row j holds both clips (the partner scaled by a random 0.5-1); its caption becomes
+    "<caption i> and <caption j>" and its identity "i+j", a new clip that no other row shares. Only for
+    training batches with one caption per row (the collate of training items).
+    """
+    n = len(batch["captions"])
+    rows = round(fraction * n)
+    if rows == 0 or n < 2 or len(batch["audio_ids"]) != n:
+        return batch
+    chosen = torch.randperm(n, generator=generator)[:rows]
+    partners = (chosen + torch.randint(1, n, (rows,), generator=generator)) % n  # never the row itself
+    scale = 0.5 + 0.5 * torch.rand(rows, generator=generator)
+    wave, lengths = batch["waveform"].clone(), batch["lengths"].clone()
+    captions, ids = list(batch["captions"]), list(batch["audio_ids"])
+    for i, j, k in zip(chosen.tolist(), partners.tolist(), scale.tolist(), strict=True):
+        wave[i] += k * batch["waveform"][j]
+        lengths[i] = max(lengths[i], batch["lengths"][j])
+        other = batch["captions"][j]
+        captions[i] = f"{batch['captions'][i].rstrip('.')} and {other[:1].lower()}{other[1:]}"
+        ids[i] = f"{batch['audio_ids'][i]}+{batch['audio_ids'][j]}"
+    return {**batch, "waveform": wave, "lengths": lengths, "captions": captions, "audio_ids": ids}
 
 
 def collate(batch: Sequence[dict | None]) -> dict:
