@@ -263,7 +263,9 @@ class AudioSearch:
         for i, p in enumerate(points):
             payload = p.payload or {}
             part = None if att is None or np.isnan(att[i]) else float(att[i])
-            fused = w_cos * float(p.score) + (w_att * part if part is not None else 0.0)
+            # Without an attention score (no rerank asked, or a candidate without clip rows) the score is the
+            # bi-encoder's cosine alone: fitted weights may give the cosine no weight of its own.
+            fused = float(p.score) if part is None else w_cos * float(p.score) + w_att * part
             windows = payload.get("windows", 1)
             hits.append(Hit(id=p.id, score=fused, cosine=float(p.score), rerank=part, payload=payload,
                             source=payload.get("source_uri"),

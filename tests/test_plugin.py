@@ -369,3 +369,15 @@ def test_search_command(served, bundle_dir, corpus, tmp_path, capsys, monkeypatc
     assert table.count("\n") == 2 and "cos" in table and "att" not in table
     assert main(["search", "x", "--collection", "nope"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_without_rerank_hits_rank_by_cosine_even_when_the_fitted_fusion_ignores_it():
+    from types import SimpleNamespace
+
+    points = [SimpleNamespace(id=i, score=s, payload={}) for i, s in enumerate([0.2, 0.9, 0.5])]
+    attention_only = {"cosine": 0.0, "attention": 1.0}
+    hits = AudioSearch._fuse(attention_only, points, None, 3, False)
+    assert [h.id for h in hits] == [1, 2, 0]
+    assert [h.score for h in hits] == [0.9, 0.5, 0.2]
+    reranked = AudioSearch._fuse(attention_only, points, np.array([0.1, 0.3, np.nan]), 3, False)
+    assert [(h.id, h.score) for h in reranked] == [(2, 0.5), (1, 0.3), (0, 0.1)]
