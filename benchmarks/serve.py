@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -161,7 +162,8 @@ def main() -> None:
             client = QdrantClient(":memory:")
         fill(client, bundle, args.clips, "bench", np.random.default_rng(0))
         settings = Settings.load(toml_path=Path(tmp) / "none.toml", env={
-            "HARK_COLLECTION": "bench", "HARK_DEVICE": "cpu", "HARK_QDRANT_PATH": str(Path(tmp) / "q")})
+            "HARK_COLLECTION": "bench", "HARK_DEVICE": "cpu", "HARK_QDRANT_PATH": str(Path(tmp) / "q"),
+            **{k: v for k, v in os.environ.items() if k in {"HARK_QUERY_BATCH_WAIT_MS", "HARK_QUERY_BATCH_MAX"}}})
         app = create_app(settings, bundle, client=client)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
