@@ -70,6 +70,12 @@ def register(settings: Settings, bundle_dir: str | Path) -> Path:
     return target
 
 
+def registered_folder(settings: Settings, version: str) -> Path | None:
+    """The registry folder of a model version; None when that version is not registered."""
+    return next((folder for registered_version, folder, _ in registered(settings) if registered_version == version),
+                None)
+
+
 def bundle_for_collection(settings: Settings, collection: str, ref: str | None = None, client=None) -> Path:
     """The bundle to encode with for `collection`: `ref` or HARK_BUNDLE when given, else the version the
     collection's alias serves now (so queries and writes follow a rollback), else the newest registered.
@@ -95,9 +101,9 @@ def bundle_for_collection(settings: Settings, collection: str, ref: str | None =
         # The store is busy (a worker holds the embedded folder): a pin still names the live version.
         version = active_pin(settings, collection)
     if version is not None:
-        for registered_version, folder, _ in registered(settings):
-            if registered_version == version:
-                return folder
+        folder = registered_folder(settings, version)
+        if folder is not None:
+            return folder
         raise BundleError(f"collection '{collection}' serves model version {version}, which is not registered "
                           f"in {settings.models_dir}; register its bundle (`hark models register`) or pass --bundle")
     return resolve_bundle(settings, None)

@@ -304,7 +304,7 @@ def write_targets(client, store: JobStore, job_id: str, collection: str, bundle_
     """Bundles a batch is written with: the live one (the alias decides, so a rollback is followed even when
     the job was submitted with another version) and the target of a re-index in progress. A re-index's own
     job writes its target only."""
-    from hark.registry import registered
+    from hark.registry import registered_folder
 
     state = store.reindex_state(collection) or {}
     if state.get("job") == job_id:
@@ -313,9 +313,9 @@ def write_targets(client, store: JobStore, job_id: str, collection: str, bundle_
     live = live_version(client, collection)
     job_version = ingestor_for(bundle_path, settings).bundle.version
     if live is not None and live != job_version:
-        folder = next((str(f) for v, f, _ in registered(settings) if v == live), None)
+        folder = registered_folder(settings, live)
         if folder is not None:
-            paths = [folder]
+            paths = [str(folder)]
         else:
             log.warning("collection %s serves %s, which is not registered; writing with %s", collection, live,
                         job_version)
