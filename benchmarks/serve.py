@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--store", choices=["edge", "local"], default="edge",
                         help="the embedded engine (hark.store.edge.EdgeStore) or qdrant-client's local mode")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the bundle and the embedded store here and reuse them on the next run (A/B runs "
+                             "of settings such as HARK_ORT_THREADS without re-exporting)")
     args = parser.parse_args()
     seconds = args.seconds or (8 if args.quick else 30)
 
@@ -152,18 +155,33 @@ def main() -> None:
     from hark.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = Bundle.load(build_bundle(Path(tmp), args.quick))
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        built = work / ("bundle-quick" if args.quick else "bundle-full")
+        if not (built / "bundle" / "manifest.json").is_file():
+            build_bundle(built, args.quick)
+        bundle = Bundle.load(built / "bundle")
         curve = encoder_curve(bundle, [1, 2, 4, 8, 16], 3 if args.quick else 5)
         if args.store == "edge":
             from hark.store.edge import EdgeStore
 
-            client = EdgeStore(Path(tmp) / "edge")
+            folder = work / f"edge-{args.clips}{'-quick' if args.quick else ''}"
+            filled = folder / "bench-filled"  # written after the fill: a folder without it is an interrupted run
+            if not filled.is_file():
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            client = EdgeStore(folder)
+            if not filled.is_file():
+                fill(client, bundle, args.clips, "bench", np.random.default_rng(0))
+                filled.write_text("ok")
         else:
             client = QdrantClient(":memory:")
-        fill(client, bundle, args.clips, "bench", np.random.default_rng(0))
+            fill(client, bundle, args.clips, "bench", np.random.default_rng(0))
         settings = Settings.load(toml_path=Path(tmp) / "none.toml", env={
             "HARK_COLLECTION": "bench", "HARK_DEVICE": "cpu", "HARK_QDRANT_PATH": str(Path(tmp) / "q"),
-            **{k: v for k, v in os.environ.items() if k in {"HARK_QUERY_BATCH_WAIT_MS", "HARK_QUERY_BATCH_MAX"}}})
+            **{k: v for k, v in os.environ.items()
+               if k in {"HARK_QUERY_BATCH_WAIT_MS", "HARK_QUERY_BATCH_MAX", "HARK_ORT_THREADS"}}})
         app = create_app(settings, bundle, client=client)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -188,7 +206,8 @@ def main() -> None:
     store = "EdgeStore" if args.store == "edge" else "local mode, in memory"
     print(f"serve benchmark: POST /search, K={args.candidates}, {args.clips} clips (embedded: {store}), int8 text "
           f"encoder ({'2 layers, quick' if args.quick else '24 layers'}), {seconds:.0f} s per concurrency, "
-          f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max}")
+          f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max}, ONNX Runtime intra-op "
+          f"threads {settings.ort_threads or 'all cores'}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} | median ms per stage")
     for clients, r in rows.items():
         parts = " ".join(f"{k} {v}" for k, v in r["stages"].items())
@@ -196,7 +215,8 @@ def main() -> None:
     print("text encoder ms per query by batch size: " + ", ".join(f"{b}: {ms}" for b, ms in curve.items()))
     print(f"encoder calls during the load: {calls}")
     base = rows.get(1, {}).get("rps")
-    print(json.dumps({"rps": {str(c): r["rps"] for c, r in rows.items()},
+    print(json.dumps({"ort_threads": settings.ort_threads, "load_average": round(os.getloadavg()[0], 1),
+                      "rps": {str(c): r["rps"] for c, r in rows.items()},
                       "p50_ms": {str(c): r["p50_ms"] for c, r in rows.items()},
                       "p95_ms": {str(c): r["p95_ms"] for c, r in rows.items()},
                       "store": args.store, "speedup_4": round(rows[4]["rps"] / base, 2) if base and 4 in rows else None,

@@ -134,3 +134,34 @@ class Reranker:
                                          "rows": rows, "segment_mask": mask})[0]
         scores = np.where(missing, np.nan, scores)
         return [scores[b, : len(group)] for b, group in enumerate(candidates)]
+
+    def score_packed(self, tokens: np.ndarray, token_mask: np.ndarray,
+                     groups: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> list[np.ndarray]:
+        """`score_batch` for candidates packed as the store returns them: per query, (rows [R, width], counts
+        [n]) where candidate i owns the next counts[i] rows (0: none stored, scored NaN). Filled by indexing,
+        with no Python loop over candidates."""
+        width = next((rows.shape[1] for rows, _ in groups if rows is not None and len(rows)), None)
+        if width is None:
+            return [np.full(len(counts), np.nan, dtype=np.float32) for _, counts in groups]
+        k = max(len(counts) for _, counts in groups)
+        m = self.max_segments
+        out = np.zeros((len(groups), k, m, width), dtype=np.float32)
+        mask = np.zeros((len(groups), k, m), dtype=np.float32)
+        mask[:, :, 0] = 1  # padding and missing candidates: one zero segment keeps the softmax finite
+        missing = np.ones((len(groups), k), dtype=bool)
+        for b, (rows, counts) in enumerate(groups):
+            counts = np.asarray(counts, dtype=np.int64)
+            if rows is None or not len(counts):
+                continue
+            used = np.minimum(counts, m)
+            starts = np.cumsum(counts) - counts
+            cand = np.repeat(np.arange(len(counts)), used)
+            seg = np.arange(int(used.sum())) - np.repeat(np.cumsum(used) - used, used)
+            out[b, cand, seg] = rows[np.repeat(starts, used) + seg]
+            mask[b, cand, seg] = 1
+            missing[b, : len(counts)] = counts == 0
+        scores = self.session.run(None, {"tokens": tokens.astype(np.float32),
+                                         "token_mask": token_mask.astype(np.float32),
+                                         "rows": out, "segment_mask": mask})[0]
+        scores = np.where(missing, np.nan, scores)
+        return [scores[b, : len(counts)] for b, (_, counts) in enumerate(groups)]

@@ -24,6 +24,7 @@ import numpy as np
 
 from hark.bundle import Bundle
 from hark.errors import HarkError
+from hark.store.candidates import Candidates
 
 from .encoders import Reranker, TextBatch, TextEncoder
 
@@ -84,10 +85,12 @@ def _call(fn: Callable[[], Any]) -> Any:
 
 def parse_filter(flt: Any):
     """None, a qdrant `models.Filter`, or its JSON form (dict or string) -> `models.Filter`."""
+    if flt is None:  # before the imports: an unfiltered query on the embedded store never loads qdrant_client
+        return None
     from pydantic import ValidationError
     from qdrant_client import models
 
-    if flt is None or isinstance(flt, models.Filter):
+    if isinstance(flt, models.Filter):
         return flt
     if isinstance(flt, str):
         import json
@@ -180,7 +183,7 @@ class AudioSearch:
               ) -> SearchResult:
         """`search_batch` with this call's own timings, paging (`offset`), and hooks for a server: `encode`
         replaces the encoder call (micro-batching), `store_call(fn)` runs the Qdrant call (a lock, say)."""
-        from qdrant_client import models
+        from hark.store import query_candidates
 
         texts = self._check(texts, limit, candidates, offset)
         bundle, text_encoder, reranker = self._follow_alias(collection or self.collection, store_call)
@@ -200,22 +203,23 @@ class AudioSearch:
             sentence, tokens, mask = batch.sentence, batch.tokens, batch.mask
             times.text_encoder = max(0.0, time.perf_counter() - start - times.tokenize)
         start = time.perf_counter()
-        requests = [models.QueryRequest(query=s.tolist(), using="global", limit=k, filter=flt, with_payload=True,
-                                        with_vector=["tokens"] if use_rerank else False) for s in sentence]
 
         def prefilter():
-            return self.client.query_batch_points(collection or self.collection, requests=requests)
+            # The candidates come back as arrays (hark.store.candidates): no per-point models, and the `tokens`
+            # rows already packed for the reranker.
+            return query_candidates(self.client, collection or self.collection, sentence, "global", k, flt,
+                                    rows="tokens" if use_rerank else None)
 
-        responses = store_call(prefilter) if store_call is not None else prefilter()
+        found = store_call(prefilter) if store_call is not None else prefilter()
         times.prefilter = time.perf_counter() - start
         rerank_scores: list[np.ndarray | None] = [None] * len(texts)
         if use_rerank:
             start = time.perf_counter()
-            rerank_scores = self._rerank(reranker, tokens, mask, [r.points for r in responses])
+            rerank_scores = reranker.score_packed(tokens, mask, [(c.rows, c.counts) for c in found])
             times.rerank = time.perf_counter() - start
         start = time.perf_counter()
-        results = [self._fuse(bundle.fusion, response.points, att, limit + offset, group_by_source)[offset:]
-                   for response, att in zip(responses, rerank_scores, strict=True)]
+        results = [self._fuse(bundle.fusion, candidates, att, limit + offset, group_by_source)[offset:]
+                   for candidates, att in zip(found, rerank_scores, strict=True)]
         times.fuse = time.perf_counter() - start
         return SearchResult(results, times)
 
@@ -245,29 +249,18 @@ class AudioSearch:
         return cleaned
 
     @staticmethod
-    def _rerank(reranker: Reranker, tokens: np.ndarray, mask: np.ndarray, candidate_lists) -> list[np.ndarray | None]:
-        lists = []
-        for points in candidate_lists:
-            rows = []
-            for p in points:
-                vec = (p.vector or {}).get("tokens") if isinstance(p.vector, dict) else None
-                rows.append(np.asarray(vec, dtype=np.float32) if vec else None)
-            lists.append(rows)
-        return reranker.score_batch(tokens, mask, lists)
-
-    @staticmethod
-    def _fuse(fusion: dict[str, float], points, att: np.ndarray | None, limit: int,
+    def _fuse(fusion: dict[str, float], candidates: Candidates, att: np.ndarray | None, limit: int,
               group_by_source: bool) -> list[Hit]:
         w_cos, w_att = fusion.get("cosine", 1.0), fusion.get("attention", 0.0)
         hits = []
-        for i, p in enumerate(points):
-            payload = p.payload or {}
+        for i, (pid, cosine, payload) in enumerate(zip(candidates.ids, candidates.scores.tolist(),
+                                                       candidates.payloads, strict=True)):
             part = None if att is None or np.isnan(att[i]) else float(att[i])
             # Without an attention score (no rerank asked, or a candidate without clip rows) the score is the
             # bi-encoder's cosine alone: fitted weights may give the cosine no weight of its own.
-            fused = float(p.score) if part is None else w_cos * float(p.score) + w_att * part
+            fused = cosine if part is None else w_cos * cosine + w_att * part
             windows = payload.get("windows", 1)
-            hits.append(Hit(id=p.id, score=fused, cosine=float(p.score), rerank=part, payload=payload,
+            hits.append(Hit(id=pid, score=fused, cosine=cosine, rerank=part, payload=payload,
                             source=payload.get("source_uri"),
                             offset=payload.get("window_offset") if windows and windows > 1 else None))
         hits.sort(key=lambda h: h.score, reverse=True)

@@ -374,7 +374,9 @@ def test_search_command(served, bundle_dir, corpus, tmp_path, capsys, monkeypatc
 def test_without_rerank_hits_rank_by_cosine_even_when_the_fitted_fusion_ignores_it():
     from types import SimpleNamespace
 
-    points = [SimpleNamespace(id=i, score=s, payload={}) for i, s in enumerate([0.2, 0.9, 0.5])]
+    from hark.store.candidates import from_points
+
+    points = from_points([SimpleNamespace(id=i, score=s, payload={}) for i, s in enumerate([0.2, 0.9, 0.5])], None)
     attention_only = {"cosine": 0.0, "attention": 1.0}
     hits = AudioSearch._fuse(attention_only, points, None, 3, False)
     assert [h.id for h in hits] == [1, 2, 0]

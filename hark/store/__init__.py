@@ -15,8 +15,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from hark.bundle import Bundle, VectorSpec
 from hark.settings import Settings
+from hark.store.candidates import Candidates, from_points
 from hark.store.errors import StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ def collection_name(base: str, version: str) -> str:
 
 def resolve_collection(client, name: str) -> str:
     """The physical collection behind an alias (or the name itself when it is a collection)."""
+    alias_map = getattr(client, "alias_map", None)
+    if alias_map is not None:  # the embedded store: no response models (a cold `hark search` skips qdrant_client)
+        return alias_map().get(name, name)
     for alias in client.get_aliases().aliases:
         if alias.alias_name == name:
             return alias.collection_name
@@ -103,6 +109,32 @@ def live_version(client, collection: str) -> str | None:
     """The model version the alias `collection` serves now (None when it is not an alias)."""
     physical = resolve_collection(client, collection)
     return version_of(physical) if physical != collection else None
+
+
+def query_candidates(client, collection: str, queries: np.ndarray, using: str, limit: int, query_filter: Any = None,
+                     rows: str | None = None) -> list[Candidates]:
+    """Nearest `limit` points to each query vector on the named vector `using`, with payloads and, when `rows`
+    names a multivector, its rows packed as float32: the facade's prefilter, one round trip for all queries.
+
+    `query_filter`: a `models.Filter`, its JSON dict, or None. The embedded store answers from the engine's objects
+    (`EdgeStore.query_candidates`); any other client through `query_batch_points`.
+    """
+    fast = getattr(client, "query_candidates", None)
+    if fast is not None:
+        return fast(collection, queries, using=using, limit=limit, query_filter=query_filter, rows=rows)
+    from qdrant_client import models
+
+    from hark.store.filters import parse
+
+    flt = parse(query_filter)
+    # model_construct: the vectors are hark's own float arrays; validating 1024 floats per query through pydantic
+    # cost milliseconds for nothing.
+    requests = [models.QueryRequest.model_construct(query=q.tolist(), using=using, limit=limit,
+                                                    filter=flt, with_payload=True,
+                                                    with_vector=[rows] if rows else False)
+                for q in np.asarray(queries, dtype=np.float32)]
+    responses = client.query_batch_points(collection, requests=requests)
+    return [from_points(r.points, rows) for r in responses]
 
 
 def ensure_collection(client, base: str, bundle: Bundle, shards: int | None = None,

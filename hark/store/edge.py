@@ -362,6 +362,12 @@ class EdgeStore:
         _write_atomic(self.path / ALIASES_FILE,
                       json.dumps({"aliases": dict(sorted(aliases.items()))}, indent=1).encode())
 
+    def alias_map(self) -> dict[str, str]:
+        """alias -> collection as plain strings (`get_aliases` without response models)."""
+        with self._lock:
+            self._check_open()
+            return self._read_aliases()
+
     def get_aliases(self, **_ignored: Any):
         from qdrant_client.http import models
 
@@ -497,6 +503,33 @@ class EdgeStore:
                 else:
                     results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
         return [_query_response(points) for points in results]
+
+    def query_candidates(self, collection_name: str, queries: Any, using: str, limit: int, query_filter: Any = None,
+                         rows: str | None = None) -> list:
+        """`hark.store.query_candidates` on the engine: the nearest `limit` points to each query vector, straight
+        from the engine's objects into `Candidates`, with no qdrant-client models on the way."""
+        import qdrant_edge as qe
+
+        from hark.store.candidates import from_points
+
+        edge_filter = to_edge(query_filter)
+        with_vector = [rows] if rows else False
+        vectors = [q.tolist() if hasattr(q, "tolist") else list(q) for q in queries]
+        if not vectors:
+            return []
+        with self._lock:
+            shard = self._shard(collection_name)
+            params = _search_params(None, limit, shard.info().points_count)
+            requests = [qe.QueryRequest(limit=limit, offset=0, query=qe.Query.Nearest(v, using=using),
+                                        with_vector=with_vector, with_payload=True, filter=edge_filter, params=params)
+                        for v in vectors]
+            with _engine_errors():
+                if len(requests) == 1:
+                    results = [shard.query(requests[0])]
+                else:
+                    results = shard.query_batch(qe.QueryBatchRequest(requests))
+        # Outside the lock: turning the rows into arrays is Python work that another query's engine call can overlap.
+        return [from_points(points, rows, _id_out) for points in results]
 
     def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **_ignored: Any):
         import qdrant_edge as qe

@@ -41,6 +41,8 @@ def parse(flt: Any):
 
 def to_edge(flt: Any):
     """The engine's `Filter` for a Qdrant filter (object or JSON dict); None for no filter."""
+    if flt is None:  # before `parse`, which imports qdrant_client: an unfiltered query never needs it
+        return None
     parsed = parse(flt)
     return None if parsed is None else _filter(parsed)
 
