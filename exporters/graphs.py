@@ -7,7 +7,8 @@
 - TextGraph:   token ids + mask [B, L] -> `sentence` [B, d] and the text token embeddings [B, L, Dt].
 - RerankGraph: a query's text tokens and its K candidates' stored rows -> attention scores [B, K].
 
-A stored `tokens` row of segment m packs [A_m (the segment embedding, Da) | rows m*h..m*h+h-1 of the clip's
+A stored `tokens` row of segment m packs [A_m (the segment embedding plus its time position, if the head has
+positions; Da) | rows m*h..m*h+h-1 of the clip's
 Gram matrix (h x M*h)]. The key and value projections are linear in A_m, so the reranker moves them to the
 query side (each query token gets one Da-vector per head for the keys and one for the values); the clip
 stores less than the projected keys and values would take, which is what Qdrant ships back per candidate.
@@ -56,7 +57,9 @@ class ClipGraph(nn.Module):
         state = self.attention.audio_state(segments, mask)
         c, m = segments.shape[:2]
         gram = state["gram"].reshape(c, m, -1)
-        return glob, torch.cat([segments * state["mask"][..., None], gram], dim=-1)
+        # The row holds the positioned embedding A_m + P_m: the reranker's key/value algebra needs no change.
+        positioned = self.attention.with_positions(segments)
+        return glob, torch.cat([positioned * state["mask"][..., None], gram], dim=-1)
 
 
 class TextGraph(nn.Module):

@@ -86,6 +86,10 @@ class HeadsConfig:
     # What H is compared with in eq. 7: "text" (the text embeddings T, needs d_text == d) or
     # "query" (the projected queries Q = Wq T, for towers narrower or wider than d).
     compare_to: str = "text"
+    # Time positions of the attention head's segments: "none" (position-free across segments, as in the
+    # report) or "learned" (a vector per segment index up to audio.max_segments, added to the segment
+    # embeddings before the key/value projections; positions restart at 0 in every window).
+    positions: str = "none"
     # Weights of the fused score at serving time: cosine and attention parts.
     fusion_cosine: float = 1.0
     fusion_attention: float = 1.0
@@ -137,6 +141,13 @@ class TrainConfig:
     mix_fraction: float = 0.0
     # Probability of dropping each caption word (never order words such as "then", "before", "after").
     word_dropout: float = 0.0
+    # Order-aware training: a caption that states an order ("A, then B") also scores its clip against its
+    # swapped caption ("B, then A", `hark.training.order`); this weight times a two-way softmax loss (per
+    # head, temperature tau) pushes the right order above the swapped one. 0 disables.
+    order_negatives: float = 0.0
+    # Which heads the order term trains: "all", or "attention" only (the cosine head pools the segments,
+    # so it hears order only inside one segment).
+    order_heads: str = "all"
 
 
 @dataclass
@@ -179,6 +190,8 @@ class ModelConfig:
             raise ConfigError(f"{source}: at least one head (cosine or attention) must be enabled")
         if self.heads.dim % self.heads.attention_heads:
             raise ConfigError(f"{source}: heads.dim must be divisible by heads.attention_heads")
+        if self.heads.positions not in {"none", "learned"}:
+            raise ConfigError(f"{source}: heads.positions must be none or learned")
         if self.heads.compare_to not in {"text", "query"}:
             raise ConfigError(f"{source}: heads.compare_to must be text or query")
         if self.train.pairs_per_epoch not in {"captions", "audio"}:
@@ -190,6 +203,10 @@ class ModelConfig:
             raise ConfigError(f"{source}: train.gain_db and train.shift_seconds must be >= 0")
         if not (0.0 <= t.mix_fraction <= 1.0 and 0.0 <= t.word_dropout < 1.0):
             raise ConfigError(f"{source}: train.mix_fraction must be in [0, 1] and train.word_dropout in [0, 1)")
+        if t.order_negatives < 0:
+            raise ConfigError(f"{source}: train.order_negatives must be >= 0")
+        if t.order_heads not in {"all", "attention"}:
+            raise ConfigError(f"{source}: train.order_heads must be all or attention")
         if self.train.batch_size < 2:
             raise ConfigError(f"{source}: train.batch_size must be at least 2 for a contrastive loss")
 

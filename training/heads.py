@@ -14,6 +14,11 @@ Folding (per head i, head width e = d / h, W_blk_i the columns of W^O acting on 
   x_n . H_n = sum a[n,i,m] (z[n,i] . v[m,i] + x_n . c / h),  z[n,i] = W_blk_i^T Wo^T x_n
   |H_n|^2   = a_n^T G a_n,                        G = Gram matrix of the u[m,i] of one clip
 where x_n is T_n (eq. 7) or Q_n (`compare_to="query"`).
+
+Time positions (`positions > 0`): a learned vector per segment index is added to the segment embeddings
+before the key and value projections, A'_m = A_m + P_m. Everything above then holds with A' for A, so the
+fold stays exact and a stored clip row keeps its shape (it holds A'_m instead of A_m). Without positions
+the head is blind to the order of segments: permuting them permutes keys and values alike.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class CosineHead(nn.Module):
 
 class CrossModalAttentionHead(nn.Module):
     def __init__(self, audio_dim: int, text_dim: int, dim: int, heads: int = 8, variant: str = "full",
-                 compare_to: str = "text") -> None:
+                 compare_to: str = "text", positions: int = 0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError("dim must be divisible by heads")
@@ -78,6 +83,18 @@ class CrossModalAttentionHead(nn.Module):
         self.head_v = nn.Linear(dim, dim)  # W_i^V
         self.head_out = nn.Linear(dim, dim)  # W^O (eq. 4)
         self.wo = nn.Linear(dim, dim)  # W_o (eq. 6)
+        # Zero at start: a fresh head scores exactly as a position-free one, and an index that training
+        # never reaches (the third segment under 20 s crops) stays neutral instead of random.
+        self.position = nn.Parameter(torch.zeros(positions, audio_dim)) if positions else None
+
+    def with_positions(self, audio: torch.Tensor) -> torch.Tensor:
+        """Segment embeddings [B, M, Da] plus their index's position vector (unchanged without positions)."""
+        if self.position is None:
+            return audio
+        m = audio.shape[1]
+        if m > self.position.shape[0]:
+            raise ValueError(f"{m} segments but positions only for {self.position.shape[0]}")
+        return audio + self.position[:m].to(audio.dtype)
 
     def select_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.variant == "sentence":
@@ -92,6 +109,7 @@ class CrossModalAttentionHead(nn.Module):
                          audio_mask: torch.Tensor) -> torch.Tensor:
         """Score of text row b against audio row b: [B, N, Dt], [B, N], [B, M, Da], [B, M] -> [B]."""
         text, text_mask = self.select_tokens(text, text_mask)
+        audio = self.with_positions(audio)
         Q, K, V = self.wq(text), self.wk(audio), self.wv(audio)
         q = self._split(self.head_q(Q)).transpose(1, 2)  # [B, h, N, e]
         k = self._split(self.head_k(K)).transpose(1, 2)  # [B, h, M, e]
@@ -122,6 +140,7 @@ class CrossModalAttentionHead(nn.Module):
 
     def audio_state(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Clip-side tensors: k, v [B, M, h, e], Gram [B, M*h, M*h] (index m*h + i), segment mask."""
+        audio = self.with_positions(audio)
         k = self._split(self.head_k(self.wk(audio)))
         v = self._split(self.head_v(self.wv(audio)))
         out_blocks = self.head_out.weight.reshape(self.dim, self.heads, self.head_dim)

@@ -58,3 +58,17 @@ class DistillationLoss(nn.Module):
         if self.kd_lambda >= 1.0:
             return soft
         return self.kd_lambda * soft + (1 - self.kd_lambda) * self.hard(scores, audio_ids)
+
+
+class OrderLoss(nn.Module):
+    """Two-way softmax of a caption's score against its order-swapped caption's score on the same clip.
+
+    Mean of -log(e^(right/tau) / (e^(right/tau) + e^(swapped/tau))) = softplus((swapped - right) / tau).
+    """
+
+    def __init__(self, tau: float = 0.05) -> None:
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, right: torch.Tensor, swapped: torch.Tensor) -> torch.Tensor:
+        return F.softplus((swapped - right) / self.tau).mean()

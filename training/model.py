@@ -51,7 +51,8 @@ class RetrievalModel(nn.Module):
         self.cosine = CosineHead(self.audio.dim, self.text.dim, h.dim) if h.cosine else None
         self.attention = (
             CrossModalAttentionHead(self.audio.dim, self.text.dim, h.dim, h.attention_heads, h.attention,
-                                    h.compare_to)
+                                    h.compare_to,
+                                    positions=cfg.audio.max_segments if h.positions == "learned" else 0)
             if h.attention != "none" else None
         )
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from .losses import DistillationLoss, NTXentLoss
-from .model import RetrievalModel
+from .losses import DistillationLoss, NTXentLoss, OrderLoss
+from .model import AudioEncoding, RetrievalModel
+from .order import swap_order
 
 
 def clip_keys(batch: dict[str, Any]) -> list[str]:
@@ -20,25 +21,65 @@ def clip_keys(batch: dict[str, Any]) -> list[str]:
     return [f"{src}:{aid}" for src, aid in zip(batch["sources"], batch["audio_ids"], strict=True)]
 
 
-def _encode(model: RetrievalModel, batch: dict[str, Any]):
+def _encode_both(model: RetrievalModel, batch: dict[str, Any]):
     device = model.device
     audio = model.encode_audio(batch["waveform"].to(device), batch["lengths"].to(device))
     text = model.encode_captions(batch["captions"])
-    return model.head_scores(text, audio)
+    return model.head_scores(text, audio), audio
+
+
+def _encode(model: RetrievalModel, batch: dict[str, Any]):
+    return _encode_both(model, batch)[0]
+
+
+def _audio_rows(audio: AudioEncoding, rows: torch.Tensor) -> AudioEncoding:
+    state = {k: v[rows] for k, v in audio.state.items()} if audio.state is not None else None
+    glob = audio.global_[rows] if audio.global_ is not None else None
+    return AudioEncoding(audio.segments[rows], audio.mask[rows], glob, state)
+
+
+def order_negatives(batch: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """Caption indices whose caption states an order, and their swapped captions (mixed rows excluded)."""
+    mixed = batch.get("mixed") or [False] * len(batch["captions"])
+    owner = batch["caption_audio_index"].tolist()
+    found = [(i, swap_order(c)) for i, c in enumerate(batch["captions"]) if not mixed[owner[i]]]
+    found = [(i, s) for i, s in found if s is not None]
+    return [i for i, _ in found], [s for _, s in found]
 
 
 class ContrastiveObjective:
-    """Stage 1: the summed NT-Xent losses of every enabled head (a joint model trains all at once)."""
+    """Stage 1: the summed NT-Xent losses of every enabled head (a joint model trains all at once).
 
-    def __init__(self, model: RetrievalModel, tau: float) -> None:
+    With `order_weight` > 0, every caption that states an order is also scored, against its own clip,
+    with its order swapped (`order.swap_order`), and a two-way softmax per head asks for the right order.
+    """
+
+    def __init__(self, model: RetrievalModel, tau: float, order_weight: float = 0.0,
+                 order_heads: str = "all") -> None:
         self.model = model
         self.loss = NTXentLoss(tau)
+        self.order_weight = order_weight
+        self.order_heads = None if order_heads == "all" else {order_heads}
+        self.order_loss = OrderLoss(tau)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        scores = _encode(self.model, batch)
+        scores, audio = _encode_both(self.model, batch)
         losses = {name: self.loss(s.float(), clip_keys(batch)) for name, s in scores.items()}
         total = sum(losses.values())
-        return total, {f"loss_{name}": float(v.detach()) for name, v in losses.items()}
+        report = {f"loss_{name}": float(v.detach()) for name, v in losses.items()}
+        if self.order_weight > 0:
+            index, swapped = order_negatives(batch)
+            if index:
+                caps = torch.tensor(index, device=self.model.device)
+                rows = batch["caption_audio_index"].to(self.model.device)[caps]
+                wrong = self.model.head_scores(self.model.encode_captions(swapped), _audio_rows(audio, rows))
+                for name, s in scores.items():
+                    if self.order_heads is not None and name not in self.order_heads:
+                        continue
+                    term = self.order_loss(s[caps, rows].float(), wrong[name].diagonal().float())
+                    total = total + self.order_weight * term
+                    report[f"order_{name}"] = float(term.detach())
+        return total, report
 
 
 def prediction(model: RetrievalModel, scores: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -78,8 +78,11 @@ def _run(cfg: ModelConfig, objective_factory, data_dirs: Sequence[str | Path], o
 def train(cfg: ModelConfig, data_dirs: Sequence[str | Path], out_dir: Path, device: str = "auto",
           resume: bool = True, progress: bool = True, stop_after_steps: int | None = None) -> RunResult:
     """Stage 1: contrastive training of every head the config enables."""
-    return _run(cfg, lambda m: ContrastiveObjective(m, m.cfg.train.tau), data_dirs, out_dir, device,
-                resume, None, progress, stop_after_steps)
+    def factory(model: RetrievalModel) -> ContrastiveObjective:
+        t = model.cfg.train
+        return ContrastiveObjective(model, t.tau, t.order_negatives, t.order_heads)
+
+    return _run(cfg, factory, data_dirs, out_dir, device, resume, None, progress, stop_after_steps)
 
 
 def distill(init: Path, teachers: Sequence[Path], data_dirs: Sequence[str | Path], out_dir: Path,

@@ -168,7 +168,12 @@ def mix_batch(batch: dict, fraction: float, generator: torch.Generator) -> dict:
         other = batch["captions"][j]
         captions[i] = f"{batch['captions'][i].rstrip('.')} and {other[:1].lower()}{other[1:]}"
         ids[i] = f"{batch['audio_ids'][i]}+{batch['audio_ids'][j]}"
-    return {**batch, "waveform": wave, "lengths": lengths, "captions": captions, "audio_ids": ids}
+    # A joined caption states no one order for the mixed clip: order-aware training skips these rows.
+    mixed = [bool(batch.get("mixed", [False] * n)[i]) for i in range(n)]
+    for i in chosen.tolist():
+        mixed[i] = True
+    return {**batch, "waveform": wave, "lengths": lengths, "captions": captions, "audio_ids": ids,
+            "mixed": mixed}
 
 
 def collate(batch: Sequence[dict | None]) -> dict:
