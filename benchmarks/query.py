@@ -11,7 +11,9 @@ Measured:
 - ingest: points/s of the upsert calls alone (wait=True, `--batch` points per call), the index build separately,
   bytes on disk per clip, RSS;
 - `open_s`: close the store, reopen the folder and load the collection; `cold_search_s`: wall time of a subprocess
-  running the real CLI (`hark search TEXT --json`, HARK_QDRANT_PATH / HARK_BUNDLE set);
+  running the real CLI (`hark search TEXT --json`, HARK_QDRANT_PATH / HARK_BUNDLE set), twice; HARK_STATE_DIR is
+  `<work>/state`, so a second run skips hashing the bundle files that the first stamped (a bundle exported seconds
+  earlier is too young to stamp; with `--keep` it is not);
 - end-to-end latency through the facade (`AudioSearch`) at K candidates, every other query with a payload filter
   (`meta.split`, 1 clip in 4), and the median of each stage; the prefilter is also timed without fetching the
   candidates' `tokens` (what the fetch costs);
@@ -232,7 +234,7 @@ def measure_store(client, sentences: np.ndarray, k: int, n_recall: int) -> dict[
 def cold_search(folder: Path, bundle: Path, text: str, k: int, models_dir: Path) -> dict[str, Any]:
     """Wall time of the real CLI in a fresh process: imports, settings, open the folder, load the bundle, query."""
     env = {**os.environ, "HARK_QDRANT_PATH": str(folder), "HARK_BUNDLE": str(bundle), "HARK_COLLECTION": COLLECTION,
-           "HARK_DEVICE": "cpu", "HARK_MODELS_DIR": str(models_dir)}
+           "HARK_DEVICE": "cpu", "HARK_MODELS_DIR": str(models_dir), "HARK_STATE_DIR": str(models_dir.parent / "state")}
     env.pop("HARK_QDRANT_URL", None)
     cmd = [sys.executable, "-m", "hark.cli", "search", text, "--json", "--candidates", str(k)]
     start = time.perf_counter()

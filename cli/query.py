@@ -9,6 +9,7 @@ from .common import CLIError, add_common, add_device, print_json, settings_from
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from hark.bundle import Bundle
     from hark.plugin.search import AudioSearch
     from hark.registry import bundle_for_collection
     from hark.store import connect, resolve_collection
@@ -27,7 +28,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise CLIError(f"collection '{collection}' not found; ingest audio first (`hark ingest PATH`)")
         # Queries are encoded with the bundle that built the live collection (after a rollback too).
         bundle = bundle_for_collection(settings, collection, args.bundle, client=client)
-        search = AudioSearch(client, bundle, collection, settings.device)
+        search = AudioSearch(client, Bundle.load(bundle, state_dir=settings.state_dir), collection, settings.device)
         hits = search.search(args.text, limit=args.limit, filter=query_filter, candidates=args.candidates,
                              rerank=not args.no_rerank, group_by_source=args.group)
         times = search.last_times.as_ms()

@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,14 @@ from hark.text import TextTokenizer, normalize_caption
 __all__ = ["FORMAT_VERSION", "GRAPHS", "MANIFEST", "Bundle", "BundleError", "VectorSpec", "sha256_file"]
 
 log = logging.getLogger(__name__)
+
+# Stamps of files already hashed live under `<state_dir>/verified/`, never in the bundle folder (its contents are
+# exactly the manifest's files).
+STAMPS = "verified"
+# A file changed less than this long before it was stamped is not stamped: a rewrite within the same coarse
+# filesystem clock tick could leave size, mtime and ctime all equal (git's "racily clean" index entries).
+RACY_NS = 2_000_000_000
+
 
 class BundleError(HarkError):
     """A bundle that is missing, damaged or of another format; the message names the file."""
@@ -36,22 +46,29 @@ def sha256_file(path: Path) -> str:
 class Bundle:
     """A verified bundle folder. Sessions are created lazily, per process (after a fork)."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, state_dir: str | os.PathLike | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self._sessions: dict[tuple[str, str], Any] = {}
         self._lazy = False
         self._verified: set[str] = set()
+        self._stamps = Path(state_dir) / STAMPS if state_dir is not None else None
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, verify_hashes: bool | str = "used") -> Bundle:
+    def load(cls, path: str | os.PathLike, verify_hashes: bool | str = "used",
+             state_dir: str | os.PathLike | None = None) -> Bundle:
         """Read and check a bundle folder.
 
         `verify_hashes`: True hashes every file now (`hark bundle verify`, registering); "used" (the
         default) checks that every listed file exists now and hashes each file when it is first used (a
         graph's session, the tokenizer), so a query process does not read gigabytes of variants it never
         loads; False skips hashing.
+
+        `state_dir` (HARK_STATE_DIR), "used" mode only: remember each file that hashed right, by its real path,
+        size, mtime, ctime, inode, device and expected sha256, and skip hashing it again while all of these
+        still match (a cold `hark search` otherwise spends most of a second hashing the text encoder).
+        `verify_hashes=True` always hashes.
         """
         root = Path(path)
         if not root.is_dir():
@@ -68,7 +85,7 @@ class Bundle:
         except ManifestError as exc:
             raise BundleError(str(exc)) from exc
         _check_text_front_end(manifest, manifest_path)
-        bundle = cls(root, manifest)
+        bundle = cls(root, manifest, state_dir)
         if verify_hashes == "used":
             bundle._lazy = True
             bundle.check_present()
@@ -88,11 +105,22 @@ class Bundle:
         expected = self.manifest.files.get(path.name)
         if expected is None:
             raise BundleError(f"{path}: not listed in the manifest")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise BundleError(f"{path}: sha256 mismatch (file is damaged or was replaced); "
-                              f"expected {expected[:12]}..., found {actual[:12]}...")
+        stamp = self._stamp_path(path)
+        if stamp is None or not _stamp_matches(stamp, path, expected):
+            before = _identity(path)
+            actual = sha256_file(path)
+            if actual != expected:
+                raise BundleError(f"{path}: sha256 mismatch (file is damaged or was replaced); "
+                                  f"expected {expected[:12]}..., found {actual[:12]}...")
+            if stamp is not None:
+                _write_stamp(stamp, path, expected, before)
         self._verified.add(path.name)
+
+    def _stamp_path(self, path: Path) -> Path | None:
+        if self._stamps is None:
+            return None
+        real = os.path.realpath(path)
+        return self._stamps / (hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:40] + ".json")
 
     def verify_files(self) -> None:
         for name, expected in self.manifest.files.items():
@@ -168,6 +196,36 @@ class Bundle:
             self._verify_used(path)
             self._sessions[key] = create_session(path, device)
         return self._sessions[key]
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    st = os.stat(path)
+    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev}
+
+
+def _stamp_matches(stamp: Path, path: Path, expected: str) -> bool:
+    """True when `stamp` records this very file (same real path and stat identity) hashing to `expected`."""
+    try:
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        return isinstance(recorded, dict) and recorded == {**_identity(path), "sha256": expected}
+    except (OSError, ValueError):
+        return False
+
+
+def _write_stamp(stamp: Path, path: Path, expected: str, before: dict[str, Any]) -> None:
+    """Record a good hash. Best effort: an unwritable state dir only costs the next process a rehash."""
+    try:
+        now = _identity(path)
+        # Changed while being hashed, or too recently to tell a same-tick rewrite apart: hash it next time too.
+        if now != before or time.time_ns() - max(now["mtime_ns"], now["ctime_ns"]) < RACY_NS:
+            return
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({**now, "sha256": expected}), encoding="utf-8")
+        os.replace(tmp, stamp)
+    except OSError as exc:
+        log.debug("no hash stamp for %s: %s", path, exc)
 
 
 def _check_text_front_end(manifest: Manifest, where: Path) -> None:

@@ -72,7 +72,8 @@ class Settings:
     # Address `hark serve` listens on.
     host: str = "127.0.0.1"
     port: int = 8000
-    # Where the embedded mode keeps job status and the dead-letter list.
+    # Where the embedded mode keeps job status and the dead-letter list, `hark serve` its thumbnails, and query
+    # processes the stamps of bundle files already hashed (verified/).
     state_dir: str = "./.hark/state"
     # Days a finished job's status stays in Redis before it expires.
     job_ttl_days: float = 30.0

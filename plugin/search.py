@@ -160,7 +160,8 @@ class AudioSearch:
         version = (store_call or _call)(lambda: live_version(self.client, collection))
         if version and version != current[0].version:
             cached = self._engines.get(version)
-            return self._use(cached[0] if cached else Bundle.load(resolve_bundle(self.registry, version)))
+            return self._use(cached[0] if cached else Bundle.load(resolve_bundle(self.registry, version),
+                                                                  state_dir=getattr(self.registry, "state_dir", None)))
         return current
 
     # -- public API ----------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +68,10 @@ HNSW_EF_FACTOR = 2  # hnsw_ef = factor * K (recall@200 0.951 -> 0.966 at 100k x 
 OPTIMIZE_MIN_UNINDEXED = 10_000
 
 _DEFAULT_HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
+
+# `prewarm` reads a collection's on-disk vector storage only up to this share of the memory available at the time,
+# so warming never pushes out what the process itself needs.
+PREWARM_MAX_SHARE = 0.25
 
 
 class NotFoundError(StoreError, LookupError):
@@ -127,6 +133,7 @@ class EdgeStore:
         self._lock = threading.RLock()
         self._shards: dict[str, Any] = {}
         self._lock_fd: int | None = None
+        self.prewarm_report: dict[str, Any] | None = None  # what the last `prewarm` did
         (self.path / COLLECTIONS_DIR).mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -568,6 +575,38 @@ class EdgeStore:
         per_point = max(1, self._indexed_vector_names(collection_name))
         return max(0, info.points_count - info.indexed_vectors_count // per_point)
 
+    # -- page cache --------------------------------------------------------------------------------------------
+    def prewarm(self, collection_name: str, max_share: float = PREWARM_MAX_SHARE) -> threading.Thread:
+        """In a daemon thread: open the collection's shard, then read its on-disk vector storage (the `tokens`
+        rows) through once so that the page cache holds it. Returns the thread; its outcome is logged and kept in
+        `prewarm_report`. Never raises, in the thread or here: a missing collection or odd file is skipped.
+
+        Why: `on_disk` storage is memory-mapped and read a page at a time, and the engine drops its pages from the
+        cache when a shard closes, so every fresh process paid page faults on each candidate's rows (measured at
+        30k clips, K=200, 2 busy cores: first-pass prefilter 40-43 ms cold, 22-24 ms after this 0.2 s read;
+        posix_fadvise(WILLNEED) brought in a quarter of the files and did not help).
+        """
+        thread = threading.Thread(target=self._prewarm, args=(collection_name, max_share), daemon=True,
+                                  name=f"hark-prewarm-{collection_name}")
+        thread.start()
+        return thread
+
+    def _prewarm(self, collection_name: str, max_share: float) -> None:
+        try:
+            with self._lock:
+                physical = self._resolve(collection_name)
+                self._shard(physical)
+                files = _on_disk_files(self._collection_dir(physical))
+            budget = int(_available_memory() * max_share)
+            self.prewarm_report = report = warm_files(files, budget, stop=lambda: self.closed)
+        except Exception as exc:  # best effort by design: a cold cache is slower, never wrong
+            log.info("pre-warm of %s skipped: %s", collection_name, exc)
+            self.prewarm_report = {"error": str(exc)}
+            return
+        log.info("pre-warmed %s: read %d files (%.1f MiB) in %.2f s; skipped %d over the %.0f MiB budget, "
+                 "%d unreadable", physical, report["files"], report["bytes"] / 2**20, report["seconds"],
+                 report["over_budget"], budget / 2**20, report["unreadable"])
+
     def _indexed_vector_names(self, collection_name: str) -> int:
         stored = json.loads((self._collection_dir(self._resolve(collection_name)) / "edge_config.json").read_text())
         return sum(1 for spec in stored.get("vectors", {}).values() if (spec.get("hnsw_config") or {}).get("m") != 0)
@@ -628,6 +667,74 @@ def restore(backup_path: str | Path, path: str | Path) -> Path:
     if not (src / COLLECTIONS_DIR).is_dir():
         raise StoreError(f"{src} is not a backup of an embedded store (no {COLLECTIONS_DIR}/ folder)")
     return _copy_folder(src, Path(path))
+
+
+def _on_disk_files(collection_dir: Path) -> list[Path]:
+    """The files of the vectors a collection keeps on disk, in the engine's segment layout
+    (`segments/<uuid>/vector_storage-<name>/...`); an unknown layout yields nothing."""
+    try:
+        vectors = json.loads((collection_dir / "edge_config.json").read_text()).get("vectors") or {}
+        names = [name for name, spec in vectors.items() if isinstance(spec, dict) and spec.get("on_disk")]
+    except (OSError, ValueError, AttributeError):
+        return []
+    files: list[Path] = []
+    for name in names:
+        for storage in sorted(collection_dir.glob(f"segments/*/vector_storage-{name}")):
+            files.extend(sorted(p for p in storage.rglob("*") if p.is_file()))
+    return files
+
+
+def _available_memory() -> int:
+    """Bytes of memory available without swapping (MemAvailable), else free pages; 0 when neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def warm_files(paths: Sequence[str | Path], max_bytes: int, stop=lambda: False, block: int = 1 << 20) -> dict[str, Any]:
+    """Read regular files through once, in order, while their total stays within `max_bytes`; `stop()` is checked
+    between blocks. Files that are missing, unreadable or not regular (a FIFO would block) are counted and skipped."""
+    start = time.perf_counter()
+    report = {"files": 0, "bytes": 0, "over_budget": 0, "unreadable": 0, "seconds": 0.0}
+    buf = bytearray(block)
+    for path in paths:
+        if stop():
+            break
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            report["unreadable"] += 1
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                report["unreadable"] += 1
+                continue
+            if report["bytes"] + info.st_size > max_bytes:
+                report["over_budget"] += 1
+                continue
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while not stop():
+                n = os.readv(fd, [buf])
+                if n <= 0:
+                    break
+                report["bytes"] += n
+            report["files"] += 1
+        except OSError:
+            report["unreadable"] += 1
+        finally:
+            os.close(fd)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return report
 
 
 def folder_size(path: str | Path) -> int:

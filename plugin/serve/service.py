@@ -70,6 +70,9 @@ class Service:
             import httpx
 
             self.upstream = httpx.AsyncClient(base_url=settings.qdrant_url.rstrip("/"), timeout=60)
+        prewarm = getattr(self.client, "prewarm", None)  # the embedded engine: its on-disk rows into the page cache
+        if prewarm is not None:
+            prewarm(settings.collection)
         self._bundle_ref = bundle
         self._search: AudioSearch | None = None
         self._load_lock = threading.Lock()
@@ -92,7 +95,8 @@ class Service:
             from hark.registry import resolve_bundle
 
             ref = self._bundle_ref
-            bundle = ref if isinstance(ref, Bundle) else Bundle.load(resolve_bundle(self.settings, ref))
+            bundle = ref if isinstance(ref, Bundle) else Bundle.load(resolve_bundle(self.settings, ref),
+                                                                         state_dir=self.settings.state_dir)
             self._search = AudioSearch(self.client, bundle, self.settings.collection, self.settings.device,
                                        registry=self.settings)
             self.not_ready = ""
