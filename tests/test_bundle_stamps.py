@@ -8,23 +8,13 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
+from test_manifest import sample
 
 import hark.bundle as bundle_mod
 from hark.bundle import STAMPS, Bundle, BundleError
-from hark.manifest import (
-    NORMALIZATION_PROBE,
-    AttentionHead,
-    AudioFrontEnd,
-    GraphEntry,
-    Heads,
-    Manifest,
-    ModelInfo,
-    TextFrontEnd,
-    VectorSpec,
-)
-from hark.text import normalize_caption
 
 CONTENT = b"not really onnx, but hashed like it " * 64
 
@@ -45,18 +35,7 @@ def hashes(monkeypatch):
 
 
 def _manifest(sha: str) -> dict:
-    return Manifest(
-        model=ModelInfo("tiny", "0123456789ab"),
-        audio=AudioFrontEnd(sample_rate=32000, segment_seconds=10.0, max_segments=3, window_seconds=30.0,
-                            embedding_dim=64),
-        text=TextFrontEnd(tokenizer="tokenizer.json", max_tokens=32, embedding_dim=64,
-                          normalization_check=normalize_caption(NORMALIZATION_PROBE)),
-        vectors={"global": VectorSpec("global", 32, "Cosine")},
-        heads=Heads(fusion={"cosine": 1.0, "attention": 1.0}, cosine={"dim": 32},
-                    attention=AttentionHead("full", 4, 32)),
-        graphs={"text": GraphEntry(files={"fp32": "text.onnx"}, inputs=["ids"], outputs=["sentence"])},
-        files={"text.onnx": sha},
-    ).to_dict()
+    return replace(sample(), files={"text.onnx": sha}).to_dict()
 
 
 def _bundle(folder, content: bytes = CONTENT):
