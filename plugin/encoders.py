@@ -111,35 +111,20 @@ class Reranker:
                     candidates: Sequence[Sequence[np.ndarray | None]]) -> list[np.ndarray]:
         """B queries ([B, L, Dt] tokens), each against its own candidates, in one call -> B arrays of scores.
 
-        Candidates lists may differ in length; a candidate without stored rows (None) scores NaN.
+        Candidates lists may differ in length; a candidate without stored rows (None, or no rows) scores NaN.
         """
-        width = next((c.shape[1] for group in candidates for c in group if c is not None), None)
-        if width is None:
-            return [np.full(len(group), np.nan, dtype=np.float32) for group in candidates]
-        k = max(len(group) for group in candidates)
-        rows = np.zeros((len(candidates), k, self.max_segments, width), dtype=np.float32)
-        mask = np.zeros((len(candidates), k, self.max_segments), dtype=np.float32)
-        mask[:, :, 0] = 1  # padding and missing candidates: one zero segment keeps the softmax finite
-        missing = np.ones((len(candidates), k), dtype=bool)
-        for b, group in enumerate(candidates):
-            for i, c in enumerate(group):
-                if c is None:
-                    continue
-                count = min(len(c), self.max_segments)
-                rows[b, i, :count] = c[:count]
-                mask[b, i, :count] = 1
-                missing[b, i] = False
-        scores = self.session.run(None, {"tokens": tokens.astype(np.float32),
-                                         "token_mask": token_mask.astype(np.float32),
-                                         "rows": rows, "segment_mask": mask})[0]
-        scores = np.where(missing, np.nan, scores)
-        return [scores[b, : len(group)] for b, group in enumerate(candidates)]
+        groups = []
+        for group in candidates:
+            present = [c for c in group if c is not None and len(c)]
+            counts = np.fromiter((0 if c is None else len(c) for c in group), dtype=np.int64, count=len(group))
+            groups.append((np.concatenate(present).astype(np.float32, copy=False) if present else None, counts))
+        return self.score_packed(tokens, token_mask, groups)
 
     def score_packed(self, tokens: np.ndarray, token_mask: np.ndarray,
                      groups: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> list[np.ndarray]:
-        """`score_batch` for candidates packed as the store returns them: per query, (rows [R, width], counts
-        [n]) where candidate i owns the next counts[i] rows (0: none stored, scored NaN). Filled by indexing,
-        with no Python loop over candidates."""
+        """`score_batch` for candidates packed as the store returns them (`hark.store.query_candidates`): per
+        query, (rows [R, width], counts [n]) where candidate i owns the next counts[i] rows (0: none stored,
+        scored NaN). Filled by indexing, with no Python loop over candidates."""
         width = next((rows.shape[1] for rows, _ in groups if rows is not None and len(rows)), None)
         if width is None:
             return [np.full(len(counts), np.nan, dtype=np.float32) for _, counts in groups]
