@@ -2,6 +2,7 @@
 
 - AudioGraph:  waveform segments [S, samples] -> segment embeddings [S, Da] (mel front end included,
   as a DFT convolution so every execution provider runs it).
+- MomentGraph: short sub-windows [S, samples] -> unit vectors in the cosine head's space [S, d] (moments).
 - ClipGraph:   segment embeddings [C, M, Da] + mask [C, M] -> the vectors stored per clip: `global`
   [C, d] (cosine head) and `tokens` [C, M, row] (the folded attention head's clip tensors).
 - TextGraph:   token ids + mask [B, L] -> `sentence` [B, d] and the text token embeddings [B, L, Dt].
@@ -15,6 +16,8 @@ stores less than the projected keys and values would take, which is what Qdrant 
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -40,6 +43,26 @@ class AudioGraph(nn.Module):
         mel = self.frontend(segments)[:, :, : self.frames]
         feats = self.net.forward_features(mel[:, None])
         return (feats[0] + feats[1]) / 2 if isinstance(feats, tuple) else feats
+
+
+class MomentGraph(nn.Module):
+    """Short sub-windows of audio [S, samples] -> their unit vectors in the cosine head's joint space [S, d].
+
+    The same tower and projection as a clip's `global` vector, applied to one sub-window instead of the mean of
+    a window's segments: the query's sentence vector scores them with the cosine it uses for the prefilter.
+    """
+
+    def __init__(self, model: RetrievalModel) -> None:
+        super().__init__()
+        if model.cosine is None:
+            raise ValueError("moments need the cosine head")
+        # PaSST warns that a sub-window is shorter than its positional grid; cutting the grid is intended.
+        warnings.filterwarnings("ignore", message=r"Input image size .* doesn't match model")
+        self.audio = AudioGraph(model)
+        self.proj = model.cosine.audio_proj
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.proj(self.audio(windows)), dim=-1)
 
 
 class ClipGraph(nn.Module):

@@ -32,14 +32,14 @@ from hark.manifest import (
 from hark.text import normalize_caption
 from hark.training.model import RetrievalModel, load_checkpoint
 
-from .graphs import AudioGraph, ClipGraph, RerankGraph, TextGraph, row_size
+from .graphs import AudioGraph, ClipGraph, MomentGraph, RerankGraph, TextGraph, row_size
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 OPSET = 17
 # Graphs that get reduced-precision variants; clip and rerank are small and stay fp32.
-HEAVY = ("audio", "text")
+HEAVY = ("audio", "text", "moments")
 PARITY_MIN_COSINE = 0.9999
 
 
@@ -82,6 +82,8 @@ def _example_inputs(model: RetrievalModel, seed: int = 0) -> dict[str, tuple]:
     ids, mask = model.tokenizer.encode(["a dog barks while rain falls", "a siren wails"])
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
     out = {"audio": (segments,), "clip": (seg_emb, seg_mask), "text": (ids_t, mask_t)}
+    if _has_moments(model):
+        out["moments"] = (0.1 * torch.randn(2, _moment_samples(model), generator=gen),)
     if model.attention is not None:
         with torch.no_grad():
             tokens = model.text(ids_t[:1], mask_t[:1])
@@ -98,6 +100,7 @@ GRAPH_IO = {
     "text": (["input_ids", "attention_mask"], ["sentence", "tokens"],
              {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
               "sentence": {0: "batch"}, "tokens": {0: "batch", 1: "length"}}),
+    "moments": (["windows"], ["moments"], {"windows": {0: "n"}, "moments": {0: "n"}}),
     "rerank": (["tokens", "token_mask", "rows", "segment_mask"], ["scores"],
                {"tokens": {0: "batch", 1: "length"}, "token_mask": {0: "batch", 1: "length"},
                 "rows": {0: "batch", 1: "candidates"}, "segment_mask": {0: "batch", 1: "candidates"},
@@ -105,8 +108,18 @@ GRAPH_IO = {
 }
 
 
+def _has_moments(model: RetrievalModel) -> bool:
+    return model.cosine is not None and model.cfg.audio.moment_seconds > 0
+
+
+def _moment_samples(model: RetrievalModel) -> int:
+    return round(model.cfg.audio.moment_seconds * model.cfg.audio.sample_rate)
+
+
 def _graph_modules(model: RetrievalModel) -> dict[str, torch.nn.Module]:
     modules = {"audio": AudioGraph(model), "clip": ClipGraph(model), "text": TextGraph(model)}
+    if _has_moments(model):
+        modules["moments"] = MomentGraph(model)
     if model.attention is not None:
         modules["rerank"] = RerankGraph(model)
     return modules
@@ -222,6 +235,11 @@ def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, pr
         vectors["tokens"] = VectorSpec("tokens", row_size(model.audio.dim, cfg.heads.attention_heads,
                                                           cfg.audio.max_segments),
                                        "Dot", multivector=True, hnsw_m=0, datatype="float32", on_disk=True)
+    moment_s = cfg.audio.moment_seconds if _has_moments(model) else 0.0
+    if moment_s:
+        # One byte per value (hark.moments.quantize); only read back for the hits a search returns.
+        vectors["moments"] = VectorSpec("moments", cfg.heads.dim, "Cosine", multivector=True, hnsw_m=0,
+                                        datatype="uint8", on_disk=True)
     manifest = Manifest(
         model=ModelInfo(name=cfg.name, version=version),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -231,7 +249,7 @@ def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, pr
                             fmin=cfg.audio.fmin, fmax=cfg.audio.fmax, segment_seconds=cfg.audio.segment_seconds,
                             max_segments=cfg.audio.max_segments,
                             window_seconds=cfg.audio.segment_seconds * cfg.audio.max_segments,
-                            embedding_dim=model.audio.dim),
+                            embedding_dim=model.audio.dim, moment_seconds=moment_s, moment_hop_seconds=moment_s),
         text=TextFrontEnd(tokenizer="tokenizer.json", max_tokens=cfg.text.max_tokens, lowercase=True,
                           strip_punctuation=True, embedding_dim=model.text.dim,
                           normalization_check=normalize_caption(NORMALIZATION_PROBE)),

@@ -17,6 +17,7 @@ from typing import Any
 
 from hark.errors import HarkError
 from hark.manifest import FORMAT_VERSION, GRAPHS, MANIFEST, NORMALIZATION_PROBE, Manifest, ManifestError, VectorSpec
+from hark.moments import MomentSpec
 from hark.text import TextTokenizer, normalize_caption
 
 __all__ = ["FORMAT_VERSION", "GRAPHS", "MANIFEST", "Bundle", "BundleError", "VectorSpec", "sha256_file"]
@@ -156,6 +157,14 @@ class Bundle:
     @property
     def has_rerank(self) -> bool:
         return "rerank" in self.manifest.graphs
+
+    @property
+    def moments(self) -> MomentSpec | None:
+        """The sub-windows ingestion embeds for moments, or None when this bundle has no moments graph."""
+        audio = self.manifest.audio
+        if "moments" not in self.manifest.graphs or audio.moment_seconds <= 0:
+            return None
+        return MomentSpec(audio.moment_seconds, audio.moment_hop_seconds or audio.moment_seconds)
 
     @property
     def fusion(self) -> dict[str, float]:

@@ -17,7 +17,7 @@ from hark.errors import HarkError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPHS = ("audio", "clip", "text", "rerank")
+GRAPHS = ("audio", "clip", "text", "rerank", "moments")
 # The caption every bundle records after its own text normalisation; the runtime must reproduce it.
 NORMALIZATION_PROBE = "A Dog, barking!"
 
@@ -45,6 +45,9 @@ class AudioFrontEnd:
     hop_length: int = 320
     fmin: float = 0.0
     fmax: float = 15000.0
+    # Moments (hark.moments): sub-window length and hop in seconds; 0 when the bundle has no moments graph.
+    moment_seconds: float = 0.0
+    moment_hop_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

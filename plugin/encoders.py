@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hark.bundle import Bundle
+from hark.moments import quantize
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ClipVectors:
     global_: np.ndarray  # [d]
     rows: np.ndarray  # [M, row] the `tokens` multivector (M segments), empty without a rerank head
     segments: int
+    # [T, d] the `moments` multivector (hark.moments.quantize'd sub-window vectors); None without moments
+    moments: np.ndarray | None = None
 
 
 class TextEncoder:
@@ -62,6 +65,8 @@ class AudioEncoder:
         self.batch_segments = batch_segments
         self.segment_samples = bundle.segment_samples
         self.max_segments = bundle.max_segments
+        self.moment_spec = bundle.moments
+        self.moments = bundle.session("moments", device, precision) if self.moment_spec else None
 
     @property
     def window_samples(self) -> int:
@@ -90,8 +95,32 @@ class AudioEncoder:
             mask[i, : len(s)] = 1
             offset += len(s)
         glob, rows = self.clip.run(None, {"segment_embeddings": seg, "segment_mask": mask})
-        return [ClipVectors(glob[i].astype(np.float32), rows[i, : len(s)].astype(np.float32), len(s))
+        moments = self.encode_moments(windows) if self.moments is not None else [None] * len(windows)
+        return [ClipVectors(glob[i].astype(np.float32), rows[i, : len(s)].astype(np.float32), len(s), moments[i])
                 for i, s in enumerate(split)]
+
+    def encode_moments(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each window -> its sub-windows' vectors, quantised as stored ([T, d], see hark.moments)."""
+        spec = self.moment_spec
+        size = round(spec.window_s * self.bundle.sample_rate)
+        counts, pieces = [], []
+        for wave in windows:
+            starts = spec.starts(len(wave) / self.bundle.sample_rate)
+            counts.append(len(starts))
+            for start in starts:
+                at = round(start * self.bundle.sample_rate)
+                piece = np.zeros(size, dtype=np.float32)
+                chunk = wave[at:at + size]
+                piece[: len(chunk)] = chunk
+                pieces.append(piece)
+        batch = 4 * self.batch_segments  # sub-windows are short: more of them per call
+        vectors = np.concatenate([self.moments.run(None, {"windows": np.stack(pieces[i:i + batch])})[0]
+                                  for i in range(0, len(pieces), batch)])
+        out, at = [], 0
+        for count in counts:
+            out.append(quantize(vectors[at:at + count]))
+            at += count
+        return out
 
 
 class Reranker:

@@ -24,6 +24,7 @@ import numpy as np
 
 from hark.bundle import Bundle
 from hark.errors import HarkError
+from hark.moments import best_span, dequantize
 from hark.store.candidates import Candidates
 
 from .encoders import Reranker, TextBatch, TextEncoder
@@ -46,6 +47,9 @@ class Hit:
     payload: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # source URI of the recording
     offset: float | None = None  # window start in seconds, for windows of long recordings
+    # Where in the recording the query matches best ({"start": s, "end": s}, seconds from the recording's
+    # start), when the model stores moments (hark.moments)
+    moment: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +65,7 @@ class StageTimes:
     prefilter: float = 0.0
     rerank: float = 0.0
     fuse: float = 0.0
+    moments: float = 0.0
 
     def as_ms(self) -> dict[str, float]:
         return {k: round(v * 1000, 3) for k, v in asdict(self).items()}
@@ -222,7 +227,38 @@ class AudioSearch:
         results = [self._fuse(bundle.fusion, candidates, att, limit + offset, group_by_source)[offset:]
                    for candidates, att in zip(found, rerank_scores, strict=True)]
         times.fuse = time.perf_counter() - start
+        if bundle.moments is not None and any(results):
+            start = time.perf_counter()
+            self._add_moments(bundle, collection or self.collection, sentence, results, store_call)
+            times.moments = time.perf_counter() - start
         return SearchResult(results, times)
+
+    def _add_moments(self, bundle: Bundle, collection: str, sentence: np.ndarray, results: list[list[Hit]],
+                     store_call: Callable[[Callable[[], Any]], Any] | None) -> None:
+        """Each hit's best span: its stored sub-window vectors against its query's sentence vector (one read for
+        the returned hits of every query; hits stored without moments keep None)."""
+        ids = list(dict.fromkeys(hit.id for hits in results for hit in hits))
+
+        def read():
+            return self.client.retrieve(collection, ids, with_payload=False, with_vectors=["moments"])
+
+        records = store_call(read) if store_call is not None else read()
+        stored = {}
+        for record in records:
+            vector = record.vector.get("moments") if isinstance(record.vector, dict) else None
+            if vector:
+                stored[record.id] = dequantize(np.asarray(vector, dtype=np.float32))
+        for query, hits in enumerate(results):
+            for hit in hits:
+                rows = stored.get(hit.id)
+                if rows is None:
+                    continue
+                payload = hit.payload
+                duration = (payload.get("window_duration") or payload.get("duration")
+                            or bundle.manifest.audio.window_seconds)
+                begin, end = best_span(rows @ sentence[query], bundle.moments, float(duration))
+                at = float(payload.get("window_offset") or 0.0)
+                hit.moment = {"start": round(at + begin, 3), "end": round(at + end, 3)}
 
     async def asearch(self, text: str, **kwargs: Any) -> list[Hit]:
         """`search` without blocking the event loop (runs in the default executor)."""

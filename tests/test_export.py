@@ -41,8 +41,13 @@ def test_manifest_describes_the_collection(bundle_dir, model):
     assert tokens["size"] == model.audio.dim + h * h * m
     assert (tokens["distance"], tokens["multivector"], tokens["hnsw_m"]) == ("Dot", True, 0)
     assert manifest["audio"]["sample_rate"] == 32000 and manifest["text"]["max_tokens"] == 32
-    assert set(manifest["graphs"]) == {"audio", "clip", "text", "rerank"}
+    assert set(manifest["graphs"]) == {"audio", "clip", "text", "rerank", "moments"}
     assert manifest["graphs"]["audio"]["default"] == "int8"
+    # Moments: 2 s sub-windows in the cosine head's space, stored one byte per value and never indexed.
+    assert manifest["vectors"]["moments"] == {"size": d, "distance": "Cosine", "multivector": True, "hnsw_m": 0,
+                                              "datatype": "uint8", "on_disk": True}
+    assert manifest["audio"]["moment_seconds"] == manifest["audio"]["moment_hop_seconds"] == 2.0
+    assert manifest["graphs"]["moments"]["default"] == "int8"
     # fp32 parity is enforced at export; reduced precision is measured and recorded.
     for graph, parity in manifest["parity"].items():
         assert parity["fp32"] >= 0.9999, graph
@@ -63,6 +68,13 @@ def test_every_graph_matches_pytorch_on_new_inputs(bundle_dir, model):
         ref_sent, ref_tok = (t.numpy() for t in TextGraph(model)(torch.from_numpy(ids), torch.from_numpy(mask)))
         ref_rerank = RerankGraph(model)(torch.from_numpy(ref_tok[:1]), torch.from_numpy(mask[:1]).float(),
                                         torch.from_numpy(ref_rows)[None], seg_mask[None]).numpy()
+    windows = 0.2 * torch.randn(5, round(2.0 * bundle.sample_rate), generator=gen)
+    with torch.no_grad():
+        # A sub-window's moment vector is the tower + cosine projection of that sub-window alone.
+        ref_moments = torch.nn.functional.normalize(
+            model.cosine.audio_proj(model.audio.embed_segments(windows)), dim=-1).numpy()
+    got_moments = bundle.session("moments", "cpu", "fp32").run(None, {"windows": windows.numpy()})[0]
+    np.testing.assert_allclose(np.linalg.norm(got_moments, axis=1), 1.0, atol=1e-5)
     got_audio = bundle.session("audio", "cpu", "fp32").run(None, {"segments": segments.numpy()})[0]
     got_glob, got_rows = bundle.session("clip", "cpu").run(
         None, {"segment_embeddings": seg_emb.numpy(), "segment_mask": seg_mask.numpy()})
@@ -71,7 +83,7 @@ def test_every_graph_matches_pytorch_on_new_inputs(bundle_dir, model):
         "tokens": ref_tok[:1], "token_mask": mask[:1].astype(np.float32), "rows": ref_rows[None],
         "segment_mask": seg_mask.numpy()[None]})[0]
     for ref, got in [(ref_audio, got_audio), (ref_glob, got_glob), (ref_rows, got_rows), (ref_sent, got_sent),
-                     (ref_tok, got_tok)]:
+                     (ref_tok, got_tok), (ref_moments, got_moments)]:
         for r, g in zip(ref, got, strict=True):
             assert _cos(r, g) >= 0.9999
     np.testing.assert_allclose(got_rerank, ref_rerank, rtol=1e-4, atol=1e-5)

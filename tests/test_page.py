@@ -73,7 +73,7 @@ def stack(tmp_path_factory):
     url, stop = serve_in_thread(app)
     keyed_url, stop_keyed = serve_in_thread(keyed)
     yield {"url": url, "keyed_url": keyed_url, "app": app, "keyed": keyed, "windows": windows, "info": info,
-           "settings": settings}
+           "settings": settings, "bundle": bundle, "client": client}
     stop()
     stop_keyed()
     client.close()
@@ -240,6 +240,40 @@ def test_waveform_click_and_button_seek_to_the_match(stack, browser):
         assert hit.locator("audio").evaluate("a => a.src").endswith("#t=30")
     finally:
         page.close()
+
+
+def test_the_player_starts_at_the_moment_the_search_found(stack, browser):
+    """A window whose stored moments peak at 10-12 s into it (40-42 s into the recording): the hit carries that
+    span, and the page's player and play button start there instead of at the window."""
+    from qdrant_client import models
+
+    from hark.moments import quantize
+    from hark.plugin.encoders import TextEncoder
+
+    client, physical, pid = stack["client"], stack["info"]["physical"], stack["windows"][30.0]
+    query = "a long field recording"
+    sentence = TextEncoder(stack["bundle"], "cpu").encode([query]).sentence[0]
+    rows = np.stack([-sentence] * 15)
+    rows[5] = sentence
+    record = client.retrieve(physical, [pid], with_payload=True, with_vectors=True)[0]
+    original = dict(record.vector)
+    client.upsert(physical, [models.PointStruct(id=pid, vector={**original, "moments": quantize(rows).tolist()},
+                                                payload=record.payload)], wait=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(_url(stack["url"], query, LONG))
+        _wait_for_hits(page, 3)
+        hits = page.locator(".hit")
+        found = [i for i in range(3) if hits.nth(i).locator("canvas").get_attribute("data-start") == "40"]
+        assert len(found) == 1, [hits.nth(i).locator("canvas").get_attribute("data-start") for i in range(3)]
+        hit = hits.nth(found[0])
+        assert "match 0:40–0:42" in hit.locator(".where").inner_text()
+        assert hit.locator("audio").evaluate("a => a.src").endswith("#t=40")
+        hit.locator("button.play").click()
+        assert hit.locator("audio").evaluate("a => a.currentTime") == pytest.approx(40.0, abs=0.3)
+    finally:
+        page.close()
+        client.upsert(physical, [models.PointStruct(id=pid, vector=original, payload=record.payload)], wait=True)
 
 
 def test_empty_and_error_states(stack, browser):

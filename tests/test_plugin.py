@@ -272,8 +272,19 @@ def test_search_route_health_and_metrics(served):
     assert response.status_code == 200
     body = response.json()
     assert len(body["hits"]) == 3 and set(body["timings_ms"]) == {"tokenize", "text_encoder", "prefilter",
-                                                                   "rerank", "fuse"}
+                                                                   "rerank", "fuse", "moments"}
     assert {"id", "score", "cosine", "rerank", "payload", "source", "offset"} <= set(body["hits"][0])
+    # Each hit says where in its recording the query matches: a span inside the hit's window, in seconds
+    # from the recording's start (the long recording's windows begin at 30 s and 60 s).
+    only_long = {"must": [{"key": "meta.half", "match": {"value": "long"}}]}
+    long_hits = httpx.post(url + "/search", json={"text": "a dog barks", "limit": 3, "filter": only_long},
+                           timeout=30).json()["hits"]
+    assert sorted(h["payload"]["window_offset"] for h in long_hits) == [0.0, 30.0, 60.0]
+    for hit in body["hits"] + long_hits:
+        p = hit["payload"]
+        assert p["window_offset"] <= hit["span_start"] < hit["span_end"] <= p["window_offset"] + p["window_duration"]
+        assert hit["span_end"] - hit["span_start"] >= 2.0 - 1e-6 or hit["span_end"] == p["window_offset"] + p[
+            "window_duration"]
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(url + "/readyz").json()["ready"] is True
     metrics = httpx.get(url + "/metrics").text

@@ -342,7 +342,7 @@ def test_search_route_reports_its_own_timings_and_metrics(http):
     assert response.status_code == 200
     body = response.json()
     assert len(body["hits"]) == 3
-    assert set(body["timings_ms"]) == {"tokenize", "text_encoder", "prefilter", "rerank", "fuse"}
+    assert set(body["timings_ms"]) == {"tokenize", "text_encoder", "prefilter", "rerank", "fuse", "moments"}
     metrics = http.get("/metrics").text
     assert 'hark_query_stage_seconds_count{stage="rerank"}' in metrics and "hark_requests_total" in metrics
 

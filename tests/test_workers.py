@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -142,7 +143,12 @@ def test_embedded_ingest_stores_every_valid_file_once(audio_folder, bundle_dir, 
         assert payload["model_version"] == json.loads((bundle_dir / "manifest.json").read_text())["model"]["version"]
         assert Path(payload["source_uri"]).is_absolute() and len(payload["content_hash"]) == 64
     vector = next(iter(points.values()))["vector"]
-    assert set(vector) == {"global", "tokens"} and abs(np.linalg.norm(vector["global"]) - 1) < 1e-3
+    assert set(vector) == {"global", "tokens", "moments"} and abs(np.linalg.norm(vector["global"]) - 1) < 1e-3
+    # Moments: one stored row per 2 s sub-window of the window, one byte per value (uint8 storage).
+    for point in points.values():
+        rows = np.asarray(point["vector"]["moments"])
+        assert len(rows) == math.ceil(point["payload"]["window_duration"] / 2.0 - 1e-6)
+        assert rows.min() >= 0 and rows.max() <= 255 and np.array_equal(rows, np.rint(rows))
     # Every failure is in the dead-letter list with its reason.
     dead = FileJobStore(settings.state_dir).dead_letters()
     assert {Path(e["path"]).name for e in dead} == broken

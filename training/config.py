@@ -54,6 +54,9 @@ class AudioConfig:
     segment_seconds: float = 10.0
     # At most this many segments per clip (30 s crops in training; window length at ingest).
     max_segments: int = 3
+    # Moments: ingestion also embeds sub-windows this long (one every moment_seconds, no overlap) into the
+    # cosine head's space, so a hit can say where in its window the query matches. 0 turns them off.
+    moment_seconds: float = 2.0
 
 
 @dataclass

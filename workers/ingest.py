@@ -210,6 +210,8 @@ class Ingestor:
                 vector: dict[str, Any] = {"global": vec.global_.tolist()}
                 if self.bundle.has_rerank:
                     vector["tokens"] = vec.rows.tolist()
+                if vec.moments is not None:
+                    vector["moments"] = vec.moments.tolist()
                 payload = {**base, "window_index": index, "window_offset": round(offset / sr, 3),
                            "window_duration": round(len(piece) / sr, 3)}
                 points.append(models.PointStruct(id=point_id(digest, index), vector=vector, payload=payload))

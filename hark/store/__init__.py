@@ -79,8 +79,8 @@ def vector_params(spec: VectorSpec):
         params["multivector_config"] = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
     if spec.hnsw_m is not None:
         params["hnsw_config"] = models.HnswConfigDiff(m=spec.hnsw_m)
-    if spec.datatype == "float16":
-        params["datatype"] = models.Datatype.FLOAT16
+    if spec.datatype in {"float16", "uint8"}:
+        params["datatype"] = {"float16": models.Datatype.FLOAT16, "uint8": models.Datatype.UINT8}[spec.datatype]
     return models.VectorParams(**params)
 
 

@@ -41,7 +41,8 @@ class HitModel(BaseModel):
     payload: dict[str, Any]
     source: str | None
     offset: float | None
-    # A finer matched moment inside the window, when the search provides one (the page prefers it).
+    # The matched moment (seconds from the recording's start) when the model stores moments: the page plays
+    # from span_start and marks the span on the waveform.
     span_start: float | None = None
     span_end: float | None = None
 
@@ -49,6 +50,13 @@ class HitModel(BaseModel):
 class SearchResponse(BaseModel):
     hits: list[HitModel]
     timings_ms: dict[str, float]
+
+
+def _hit_out(hit: dict[str, Any]) -> dict[str, Any]:
+    moment = hit.pop("moment", None)
+    if moment:
+        hit["span_start"], hit["span_end"] = moment["start"], moment["end"]
+    return hit
 
 
 def router(service: Service) -> APIRouter:
@@ -67,7 +75,7 @@ def router(service: Service) -> APIRouter:
                                       collection=collection)
 
         result = await run_in_threadpool(run)
-        return {"hits": [h.to_dict() for h in result.hits[0]], "timings_ms": result.times.as_ms()}
+        return {"hits": [_hit_out(h.to_dict()) for h in result.hits[0]], "timings_ms": result.times.as_ms()}
 
     @api.get("/ui", response_class=HTMLResponse, tags=["page"], summary="search page")
     def ui() -> HTMLResponse:

@@ -1,0 +1,70 @@
+"""Moments: sub-window layout, one-byte storage, span selection, and spans of a trained model over planted events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hark.moments import MomentSpec, best_span, dequantize, quantize, span_iou
+
+SPEC = MomentSpec(2.0, 2.0)
+
+
+def test_sub_windows_cover_the_audio_and_never_start_past_it():
+    assert SPEC.starts(10.0) == [0, 2, 4, 6, 8]
+    assert SPEC.starts(11.0) == [0, 2, 4, 6, 8, 10]  # the last runs past the end, zero-padded
+    assert SPEC.starts(0.5) == [0]
+    assert SPEC.starts(30.0)[-1] == 28 and len(SPEC.starts(30.0)) == 15
+    overlapping = MomentSpec(2.0, 1.0).starts(5.0)
+    assert overlapping == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        MomentSpec(0.0, 1.0)
+
+
+def test_one_byte_storage_keeps_each_rows_direction():
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((15, 256)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    stored = quantize(rows)
+    assert stored.min() >= 1 and stored.max() <= 255 and np.array_equal(stored, np.rint(stored))
+    back = dequantize(stored)
+    assert np.allclose(np.linalg.norm(back, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(back * rows, axis=1)) > 0.999
+    # A silent sub-window (all zeros) survives as zeros, not NaN.
+    zero = dequantize(quantize(np.zeros((1, 8), np.float32)))
+    assert np.array_equal(zero, np.zeros((1, 8), np.float32))
+
+
+def test_best_span_widens_over_a_plateau_and_stays_short_for_a_peak():
+    plateau = np.array([0.1, 0.1, 0.8, 0.85, 0.8, 0.1, 0.1, 0.1])
+    assert best_span(plateau, SPEC, 16.0) == (4.0, 10.0)
+    peak = np.array([0.1, 0.2, 0.1, 0.9, 0.3, 0.1])
+    assert best_span(peak, SPEC, 12.0) == (6.0, 8.0)
+    # keep=0 takes every contiguous sub-window at or above the median; keep=1 the best one alone.
+    assert best_span(plateau, SPEC, 16.0, keep=1.0) == (6.0, 8.0)
+    # The end never passes the audio, and NaN scores never win.
+    assert best_span(np.array([0.1, 0.2, 0.9]), SPEC, 5.0) == (4.0, 5.0)
+    assert best_span(np.array([np.nan, 0.2, 0.1]), SPEC, 6.0) == (2.0, 4.0)
+    with pytest.raises(ValueError):
+        best_span(np.array([]), SPEC, 1.0)
+    with pytest.raises(ValueError):
+        best_span(plateau, SPEC, 16.0, keep=1.5)
+
+
+def test_span_iou():
+    assert span_iou((0, 4), (2, 6)) == pytest.approx(2 / 6)
+    assert span_iou((0, 2), (3, 5)) == 0.0
+    assert span_iou((1, 3), (1, 3)) == 1.0
+
+
+@pytest.mark.slow
+def test_spans_of_the_trained_model_find_planted_events(bundle_dir):
+    """Through the exported bundle (moments graph as stored, text graph's sentence vector): each event of a
+    held-out sequence clip, queried by its clause, gets a span overlapping it (IoU >= 0.5) far more often than
+    the whole window does."""
+    from hark.bundle import Bundle
+    from hark.demo.spans import planted_clips, span_quality
+
+    result = span_quality(Bundle.load(bundle_dir), planted_clips("a", 24, seed=5))
+    assert result["queries"] >= 48
+    assert result["iou50_share"] >= result["whole_window"]["iou50_share"] + 0.25, result
