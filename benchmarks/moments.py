@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hark.bundle import Bundle
-from hark.demo.spans import planted_clips, span_quality
+from hark.demo.spans import ProductScorer, order_accuracy, planted_clips, span_quality, split_map, swapped_pairs
 from hark.demo.synth import VARIANTS
 from hark.plugin.encoders import AudioEncoder
 
@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="a")
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=60, help="swapped-order pairs for order accuracy (0: skip)")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="a corpus folder (benchmarks/quality.py's) whose evaluation split gives mAP@10 with "
+                             "and without the order term")
+    parser.add_argument("--split", default="evaluation", help="the corpus split for --corpus")
+    parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 0.05, 0.1, 0.2, 0.5],
+                        help="weights of the order term to report")
     args = parser.parse_args(argv)
     import os
 
@@ -91,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         bundle = Bundle.load(export_bundle(checkpoint, Path(tmp) / "bundle"))
         result = {"variant": args.variant, "checkpoint": str(checkpoint),
                   **measure(bundle, planted_clips(args.variant, args.scenes), args.threads)}
+        scorer = ProductScorer(bundle)
+        if args.pairs:
+            result["order_accuracy"] = order_accuracy(scorer, swapped_pairs(args.variant, args.pairs), args.weights)
+        if args.corpus is not None:
+            result["eval"] = {"split": args.split, **split_map(scorer, args.corpus, args.weights, args.split)}
     print(f"moments, variant {args.variant}: {result['queries']} queries, IoU >= 0.5 for "
           f"{result['iou50_share']:.1%} (whole window {result['whole_window']['iou50_share']:.1%}), "
           f"mean IoU {result['mean_iou']:.3f}; bytes x{result['bytes_per_window']['ratio']} "
           f"(report size x{result['bytes_per_window']['report_size_ratio']}); ingest x{result['ingest']['ratio']}")
+    for key in ("order_accuracy", "eval"):
+        if key in result:
+            print(key, result[key])
     print(json.dumps(result))
     return 0
 

@@ -236,6 +236,8 @@ def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, pr
                                                           cfg.audio.max_segments),
                                        "Dot", multivector=True, hnsw_m=0, datatype="float32", on_disk=True)
     moment_s = cfg.audio.moment_seconds if _has_moments(model) else 0.0
+    if moment_s and cfg.heads.fusion_order:
+        fusion["order"] = cfg.heads.fusion_order
     if moment_s:
         # One byte per value (hark.moments.quantize); only read back for the hits a search returns.
         vectors["moments"] = VectorSpec("moments", cfg.heads.dim, "Cosine", multivector=True, hnsw_m=0,

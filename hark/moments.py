@@ -81,3 +81,24 @@ def span_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
     union = max(a[1], b[1]) - min(a[0], b[0])
     return inter / union if union > 0 else 0.0
+
+
+def event_times(rows: np.ndarray, events: np.ndarray, spec: MomentSpec, sharpness: float = 20.0) -> np.ndarray:
+    """When each event happens in a window: the expected sub-window centre (seconds) under a softmax of the
+    event vector's cosines with the window's rows ([T, d] unit rows, [E, d] unit event vectors -> [E]).
+    `sharpness` is the inverse temperature (20: the training loss's tau of 0.05)."""
+    logits = sharpness * (np.asarray(events, np.float64) @ np.asarray(rows, np.float64).T)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    centres = np.arange(len(rows)) * spec.hop_s + spec.window_s / 2
+    return weights @ centres
+
+
+def order_agreement(times: np.ndarray, spec: MomentSpec) -> float:
+    """How well events stated in order (earliest first) follow each other in the audio: the mean over
+    consecutive pairs of their time difference in sub-window lengths, clipped to [-1, 1] (1: each event a
+    sub-window or more after the one before; -1: the reverse; 0: no evidence)."""
+    times = np.asarray(times, dtype=np.float64)
+    if len(times) < 2:
+        return 0.0
+    return float(np.mean(np.clip(np.diff(times) / spec.window_s, -1.0, 1.0)))

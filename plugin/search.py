@@ -24,7 +24,8 @@ import numpy as np
 
 from hark.bundle import Bundle
 from hark.errors import HarkError
-from hark.moments import best_span, dequantize
+from hark.moments import MomentSpec, best_span, dequantize, event_times, order_agreement
+from hark.order import ordered_events
 from hark.store.candidates import Candidates
 
 from .encoders import Reranker, TextBatch, TextEncoder
@@ -32,6 +33,8 @@ from .encoders import Reranker, TextBatch, TextEncoder
 MAX_LIMIT = 1000
 MAX_CANDIDATES = 5000  # also the deepest page: limit + offset
 DEFAULT_CANDIDATES = 200
+# Candidates a query that states an order re-scores with their moments (the best by the fused score).
+ORDER_POOL = 50
 
 
 class QueryError(HarkError):
@@ -50,6 +53,9 @@ class Hit:
     # Where in the recording the query matches best ({"start": s, "end": s}, seconds from the recording's
     # start), when the model stores moments (hark.moments)
     moment: dict[str, float] | None = None
+    # For a query that states an order: how well its events' times in this hit follow that order, in [-1, 1]
+    # (hark.moments.order_agreement); the score includes the manifest's order weight times it.
+    order: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,43 +177,56 @@ class AudioSearch:
 
     # -- public API ----------------------------------------------------------------------------------
     def search(self, text: str, limit: int = 10, filter: Any = None, candidates: int | None = None,
-               rerank: bool = True, group_by_source: bool = False, collection: str | None = None) -> list[Hit]:
-        """The `limit` best clips for one text query."""
-        return self.search_batch([text], limit, filter, candidates, rerank, group_by_source, collection)[0]
+               rerank: bool = True, group_by_source: bool = False, collection: str | None = None,
+               order: bool = True) -> list[Hit]:
+        """The `limit` best clips for one text query. `order=False` leaves out the order term (a query that
+        states an order is then ranked by content alone)."""
+        return self.search_batch([text], limit, filter, candidates, rerank, group_by_source, collection, order)[0]
 
     def search_batch(self, texts: Sequence[str], limit: int = 10, filter: Any = None, candidates: int | None = None,
                      rerank: bool = True, group_by_source: bool = False,
-                     collection: str | None = None) -> list[list[Hit]]:
+                     collection: str | None = None, order: bool = True) -> list[list[Hit]]:
         """Several queries, batched end to end (one encoder call, one Qdrant round trip, one rerank call)."""
-        result = self.query(texts, limit, filter, candidates, rerank, group_by_source, collection)
+        result = self.query(texts, limit, filter, candidates, rerank, group_by_source, collection, order=order)
         self._local.times = result.times
         return result.hits
 
     def query(self, texts: Sequence[str], limit: int = 10, filter: Any = None, candidates: int | None = None,
               rerank: bool = True, group_by_source: bool = False, collection: str | None = None, offset: int = 0,
               encode: Encode | None = None, store_call: Callable[[Callable[[], Any]], Any] | None = None,
-              ) -> SearchResult:
+              order: bool = True) -> SearchResult:
         """`search_batch` with this call's own timings, paging (`offset`), and hooks for a server: `encode`
         replaces the encoder call (micro-batching), `store_call(fn)` runs the Qdrant call (a lock, say)."""
         from hark.store import query_candidates
 
         texts = self._check(texts, limit, candidates, offset)
         bundle, text_encoder, reranker = self._follow_alias(collection or self.collection, store_call)
+        # Captions that state an order are checked against the hits' moments: their events are encoded in the
+        # same encoder call as the queries.
+        order_weight = bundle.fusion.get("order", 0.0) if order and bundle.moments is not None else 0.0
+        events = [ordered_events(t) if order_weight else None for t in texts]
+        extra = [e for ev in events if ev for e in ev]
+        n = len(texts)
         k = max(candidates or self.candidates, limit + offset)
         flt = parse_filter(filter)
         use_rerank = rerank and reranker is not None
         times = StageTimes()
         start = time.perf_counter()
         if encode is None:
-            ids, mask = text_encoder.tokenizer.encode(texts)
+            ids, mask = text_encoder.tokenizer.encode(texts + extra)
             times.tokenize = time.perf_counter() - start
             start = time.perf_counter()
             sentence, tokens = text_encoder.session.run(None, {"input_ids": ids, "attention_mask": mask})
             times.text_encoder = time.perf_counter() - start
         else:
-            batch, times.tokenize = encode(text_encoder, texts)
+            batch, times.tokenize = encode(text_encoder, texts + extra)
             sentence, tokens, mask = batch.sentence, batch.tokens, batch.mask
             times.text_encoder = max(0.0, time.perf_counter() - start - times.tokenize)
+        event_vectors, at = [], n
+        for ev in events:
+            event_vectors.append(sentence[at:at + len(ev)] if ev else None)
+            at += len(ev) if ev else 0
+        sentence, tokens, mask = sentence[:n], tokens[:n], mask[:n]
         start = time.perf_counter()
 
         def prefilter():
@@ -224,30 +243,57 @@ class AudioSearch:
             rerank_scores = reranker.score_packed(tokens, mask, [(c.rows, c.counts) for c in found])
             times.rerank = time.perf_counter() - start
         start = time.perf_counter()
-        results = [self._fuse(bundle.fusion, candidates, att, limit + offset, group_by_source)[offset:]
-                   for candidates, att in zip(found, rerank_scores, strict=True)]
+        # A query that states an order re-scores a wider pool of its best candidates with their moments first.
+        pools = [min(k, max(limit + offset, ORDER_POOL)) if ev else limit + offset for ev in events]
+        ranked = [self._fuse(bundle.fusion, candidates, att, pool, group_by_source and not ev)
+                  for candidates, att, pool, ev in zip(found, rerank_scores, pools, events, strict=True)]
         times.fuse = time.perf_counter() - start
-        if bundle.moments is not None and any(results):
+        if bundle.moments is not None and any(ranked):
             start = time.perf_counter()
-            self._add_moments(bundle, collection or self.collection, sentence, results, store_call)
+            stored = self._moment_rows(collection or self.collection, ranked, store_call)
+            for q, ev in enumerate(events):
+                if ev:
+                    ranked[q] = self._order(ranked[q], stored, event_vectors[q], bundle.moments, order_weight,
+                                            limit + offset, group_by_source)
+            results = [hits[offset:] for hits in ranked]
+            self._add_spans(bundle, sentence, results, stored)
             times.moments = time.perf_counter() - start
+        else:
+            results = [hits[offset:] for hits in ranked]
         return SearchResult(results, times)
 
-    def _add_moments(self, bundle: Bundle, collection: str, sentence: np.ndarray, results: list[list[Hit]],
-                     store_call: Callable[[Callable[[], Any]], Any] | None) -> None:
-        """Each hit's best span: its stored sub-window vectors against its query's sentence vector (one read for
-        the returned hits of every query; hits stored without moments keep None)."""
-        ids = list(dict.fromkeys(hit.id for hits in results for hit in hits))
+    def _moment_rows(self, collection: str, ranked: list[list[Hit]],
+                     store_call: Callable[[Callable[[], Any]], Any] | None) -> dict[Any, np.ndarray]:
+        """The stored sub-window rows of the given hits, as unit rows (one store read; hits stored without
+        moments are absent)."""
+        ids = list(dict.fromkeys(hit.id for hits in ranked for hit in hits))
 
         def read():
             return self.client.retrieve(collection, ids, with_payload=False, with_vectors=["moments"])
 
-        records = store_call(read) if store_call is not None else read()
         stored = {}
-        for record in records:
+        for record in (store_call(read) if store_call is not None else read()):
             vector = record.vector.get("moments") if isinstance(record.vector, dict) else None
             if vector:
                 stored[record.id] = dequantize(np.asarray(vector, dtype=np.float32))
+        return stored
+
+    @staticmethod
+    def _order(hits: list[Hit], stored: dict[Any, np.ndarray], events: np.ndarray, spec: MomentSpec,
+               weight: float, limit: int, group_by_source: bool) -> list[Hit]:
+        """Add weight x order agreement to each hit with moments, re-rank, then group and cut as `_fuse` does."""
+        for hit in hits:
+            rows = stored.get(hit.id)
+            if rows is not None:
+                hit.order = order_agreement(event_times(rows, events, spec), spec)
+                hit.score += weight * hit.order
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return _group(hits, group_by_source)[:limit]
+
+    @staticmethod
+    def _add_spans(bundle: Bundle, sentence: np.ndarray, results: list[list[Hit]],
+                   stored: dict[Any, np.ndarray]) -> None:
+        """Each hit's best span: its stored sub-window rows against its query's sentence vector."""
         for query, hits in enumerate(results):
             for hit in hits:
                 rows = stored.get(hit.id)
@@ -301,10 +347,15 @@ class AudioSearch:
                             source=payload.get("source_uri"),
                             offset=payload.get("window_offset") if windows and windows > 1 else None))
         hits.sort(key=lambda h: h.score, reverse=True)
-        if group_by_source:
-            best: dict[str, Hit] = {}
-            for hit in hits:
-                key = hit.payload.get("content_hash") or hit.source or str(hit.id)
-                best.setdefault(key, hit)  # hits are sorted: the first window seen is the best
-            hits = list(best.values())
-        return hits[:limit]
+        return _group(hits, group_by_source)[:limit]
+
+
+def _group(hits: list[Hit], group_by_source: bool) -> list[Hit]:
+    """Sorted hits, keeping only the best window of each recording when asked."""
+    if not group_by_source:
+        return hits
+    best: dict[str, Hit] = {}
+    for hit in hits:
+        key = hit.payload.get("content_hash") or hit.source or str(hit.id)
+        best.setdefault(key, hit)  # hits are sorted: the first window seen is the best
+    return list(best.values())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hark.demo.synth import VARIANTS
-from hark.training.order import swap_order
+from hark.order import ordered_events, swap_order
 
 
 @pytest.mark.parametrize("caption, swapped", [
@@ -57,6 +57,22 @@ def test_leaves_captions_without_an_order_alone(caption):
     assert swap_order(caption) is None
 
 
+@pytest.mark.parametrize(("caption", "events"), [
+    ("A dog barks, then a bell rings.", ["a dog barks", "a bell rings"]),
+    ("A bell rings after a dog barks.", ["a dog barks", "a bell rings"]),
+    ("A dog barks before a bell rings.", ["a dog barks", "a bell rings"]),
+    ("After a dog barks, a bell rings.", ["a dog barks", "a bell rings"]),
+    ("Before the rain starts, a dog barks.", ["a dog barks", "the rain starts"]),
+    ("First a siren wails, then a dog barks, and finally rain falls.",
+     ["a siren wails", "a dog barks", "rain falls"]),
+    ("I cough, followed by NASA radio chatter", ["I cough", "NASA radio chatter"]),
+    ("A dog barks while it rains.", None),
+    ("Now and then a dog barks.", None),
+])
+def test_ordered_events_earliest_first(caption, events):
+    assert ordered_events(caption) == events
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_synthetic_sequence_template_is_reversed_and_no_other(variant):
     """Both generators' sequence captions swap into the template with the clauses reversed; mixed, bare
@@ -76,8 +92,10 @@ def test_every_synthetic_sequence_template_is_reversed_and_no_other(variant):
                     if arrangement == "sequence":
                         back = template.format(**dict(zip("abc", clauses[::-1], strict=False))) + "."
                         assert got == back[0].upper() + back[1:], (template, caption)
+                        # The events in the order they happen, whatever the template's wording.
+                        assert ordered_events(caption) == clauses, (template, caption)
                     else:
-                        assert got is None, (template, caption)
+                        assert got is None and ordered_events(caption) is None, (template, caption)
     for template, clause in itertools.product(style.single, itertools.chain(*style.events.values())):
         assert swap_order(template.format(a=clause) + ".") is None, template
 

@@ -146,7 +146,8 @@ def test_facade_finds_the_described_clip(served, corpus, trained_run):
     for row, name in zip(first_rows, split.audio_names, strict=True):
         caption = split.queries[row]
         with served["service"].store_lock():
-            hits = served["facade"].search(caption, limit=32)
+            # Without the order term, which the PyTorch model's fused score does not have.
+            hits = served["facade"].search(caption, limit=32, order=False)
         names = [h.payload["file_name"] for h in hits]
         ranks.append(names.index(name) + 1 if name in names else 33)
         assert hits == sorted(hits, key=lambda h: -h.score)
@@ -161,6 +162,24 @@ def test_facade_finds_the_described_clip(served, corpus, trained_run):
     # int8 encoders move scores slightly; the ranking quality must stay the model's, and above chance.
     assert abs(mrr - expected) < 0.06, (mrr, expected)
     assert mrr > 1.5 * chance, (mrr, chance)
+
+
+def test_a_query_that_states_an_order_is_scored_with_the_hits_moments(served):
+    """"A, then B": every hit with moments carries its order agreement, and its score is the fused score plus the
+    manifest's order weight times it; a query without an order is scored as before."""
+    facade = served["facade"]
+    fusion = facade.fusion
+    assert fusion["order"] > 0
+    with served["service"].store_lock():
+        ordered = facade.search("a dog barks, then a bell rings", limit=10)
+        plain = facade.search("a dog barks and a bell rings", limit=10)
+    assert ordered == sorted(ordered, key=lambda h: -h.score)
+    assert all(h.order is not None and -1.0 <= h.order <= 1.0 for h in ordered)
+    for h in ordered:
+        fused = fusion["cosine"] * h.cosine + fusion["attention"] * h.rerank
+        assert h.score == pytest.approx(fused + fusion["order"] * h.order, abs=1e-5)
+    assert all(h.order is None for h in plain)
+    assert all(h.moment is not None for h in ordered + plain)
 
 
 def test_stock_qdrant_client_gets_the_facade_ranking(served, corpus):

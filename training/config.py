@@ -96,6 +96,11 @@ class HeadsConfig:
     # Weights of the fused score at serving time: cosine and attention parts.
     fusion_cosine: float = 1.0
     fusion_attention: float = 1.0
+    # Weight of the order term at serving time (needs moments): a caption that states an order ("A, then B")
+    # gains weight x the agreement of its events' times in a hit's moments (hark.moments.order_agreement, in
+    # [-1, 1]). 0.2: the smallest weight within one mAP@10 point of the best on variant a's validation split
+    # (benchmarks/README.md "Order through moments").
+    fusion_order: float = 0.2
 
 
 @dataclass
@@ -145,7 +150,7 @@ class TrainConfig:
     # Probability of dropping each caption word (never order words such as "then", "before", "after").
     word_dropout: float = 0.0
     # Order-aware training: a caption that states an order ("A, then B") also scores its clip against its
-    # swapped caption ("B, then A", `hark.training.order`); this weight times a two-way softmax loss (per
+    # swapped caption ("B, then A", `hark.order`); this weight times a two-way softmax loss (per
     # head, temperature tau) pushes the right order above the swapped one. 0 disables.
     order_negatives: float = 0.0
     # Which heads the order term trains: "all", or "attention" only (the cosine head pools the segments,

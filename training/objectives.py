@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from hark.order import swap_order
+
 from .losses import DistillationLoss, NTXentLoss, OrderLoss
 from .model import AudioEncoding, RetrievalModel
-from .order import swap_order
 
 
 def clip_keys(batch: dict[str, Any]) -> list[str]:

@@ -45,6 +45,8 @@ class HitModel(BaseModel):
     # from span_start and marks the span on the waveform.
     span_start: float | None = None
     span_end: float | None = None
+    # For a query that states an order: the agreement of its events' times in this hit with that order, [-1, 1].
+    order: float | None = None
 
 
 class SearchResponse(BaseModel):

@@ -90,8 +90,12 @@ def _case_like(text: str, template: str) -> str:
     return text[0].lower() + text[1:]
 
 
-def swap_order(caption: str) -> str | None:
-    """The caption with the order of its events reversed, or None if it states no order."""
+def _parse(caption: str) -> tuple[str, list[str], str, str, str] | None:
+    """(prefix, [clause, connective, clause, ...], how, tail, lead) of a caption that states an order, else None.
+
+    `how` says how textual order maps to time: "text" (the clauses happen in the order they are written),
+    "reversed" ("A after B": B first; "Before A, B": B first).
+    """
     text = caption.strip()
     if not text or _IDIOMS.search(text):
         return None
@@ -102,21 +106,44 @@ def swap_order(caption: str) -> str | None:
     match = _PREFIX.match(body)
     if match:
         prefix, body = body[: match.end()], body[match.end():]
+    how = "text"
     opening = _OPENING.match(body) if not prefix else None
     if opening:
         word, first, comma, rest = opening.groups()
         parts = [first, comma, rest]
         prefix = word
+        how = "reversed" if word.strip().lower() == "before" else "text"
     else:
         parts = _SPLIT.split(body)
         if len(parts) < 3:
             parts = _split_binary(body) or []
+            if len(parts) == 3 and parts[1].strip().lower() == "after":
+                how = "reversed"
     if len(parts) < 3 or any(_words(p) == 0 for p in parts[0::2]):
         return None
-    lead = prefix or parts[0]
+    return prefix, parts, how, tail, prefix or parts[0]
+
+
+def swap_order(caption: str) -> str | None:
+    """The caption with the order of its events reversed, or None if it states no order."""
+    parsed = _parse(caption)
+    if parsed is None:
+        return None
+    prefix, parts, _, tail, lead = parsed
     swapped = _reverse(parts)
     # The clause that moves to the front takes the sentence's capital; the one that leaves it loses it.
     swapped = [_case_like(p, "a") if i % 2 == 0 else p for i, p in enumerate(swapped)]
     out = prefix + "".join(swapped)
     out = _case_like(out, lead) + tail
-    return None if out.lower() == text.lower() else out
+    return None if out.lower() == caption.strip().lower() else out
+
+
+def ordered_events(caption: str) -> list[str] | None:
+    """The events a caption puts in order, earliest first ("A bell rings after a dog barks." -> ["a dog barks",
+    "a bell rings"]), or None if it states no order (the same captions as `swap_order`)."""
+    parsed = _parse(caption)
+    if parsed is None:
+        return None
+    _, parts, how, _, _ = parsed
+    clauses = [_case_like(p.strip(), "a") for p in parts[0::2]]
+    return clauses[::-1] if how == "reversed" else clauses
