@@ -60,7 +60,8 @@ def test_export_records_the_calibration(trained_run, corpus, tmp_path):
     out = export_bundle(trained_run[0] / "best.pt", tmp_path / "calibrated", calibration=calibration)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["calibration"]["validation"] == val
-    assert manifest["heads"]["fusion"] == calibration["fusion"]
+    # The heads' weights are the fitted ones; the order term's weight (moments) is the config's.
+    assert manifest["heads"]["fusion"] == {**calibration["fusion"], "order": 0.2}
     bundle = Bundle.load(out)
-    assert bundle.fusion == calibration["fusion"]
+    assert bundle.fusion == {**calibration["fusion"], "order": 0.2}
     assert bundle.rerank_by_default == calibration["rerank"]
