@@ -40,8 +40,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no hits")
     for rank, hit in enumerate(hits, 1):
-        where = f" @ {hit.offset:.0f} s" if hit.offset is not None else ""
+        # The matched moment when the model stores moments, else the window's start for long recordings.
+        if hit.moment is not None:
+            where = f" @ {hit.moment['start']:.0f}-{hit.moment['end']:.0f} s"
+        else:
+            where = f" @ {hit.offset:.0f} s" if hit.offset is not None else ""
         parts = f"cos {hit.cosine:.3f}" + (f"  att {hit.rerank:.3f}" if hit.rerank is not None else "")
+        parts += f"  order {hit.order:+.2f}" if hit.order is not None else ""
         print(f"{rank:3d}. {hit.score:7.3f}  ({parts})  {hit.source}{where}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +401,10 @@ def test_search_command(served, bundle_dir, corpus, tmp_path, capsys, monkeypatc
     assert main(["search", "a bell rings", "--limit", "2", "--no-rerank"]) == 0
     table = capsys.readouterr().out
     assert table.count("\n") == 2 and "cos" in table and "att" not in table
+    # Each line ends with the matched moment (the tiny model stores moments), e.g. "@ 4-8 s".
+    assert all(re.search(r" @ \d+-\d+ s$", line) for line in table.splitlines()), table
+    assert main(["search", "a dog barks, then a bell rings", "--limit", "2"]) == 0
+    assert capsys.readouterr().out.count("order ") == 2
     assert main(["search", "x", "--collection", "nope"]) == 2
     assert "not found" in capsys.readouterr().err
 
