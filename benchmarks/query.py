@@ -93,7 +93,7 @@ def bundle_dir(work: Path, quick: bool) -> Path:
 
 # -- filling the store ----------------------------------------------------------------------------------------------
 class Vectors:
-    """Batches of (global, rows, segments used) in the stored layout."""
+    """Batches of (global, rows, segments used, moments) in the stored layout (moments: None without them)."""
 
     def __init__(self, bundle, kind: str, seed: int = 0) -> None:
         self.kind, self.rng = kind, np.random.default_rng(seed)
@@ -101,18 +101,30 @@ class Vectors:
         specs = {s.name: s for s in bundle.vectors()}
         self.global_dim, self.row_dim = specs["global"].size, specs["tokens"].size
         self.clip = bundle.session("clip", "cpu") if kind == "onnx" else None
+        # Moments: random unit rows, quantised as ingestion stores them (one per sub-window of the used segments).
+        spec = bundle.moments
+        self.moment_dim = specs["moments"].size if spec is not None else 0
+        self.moments_per_segment = (round(bundle.manifest.audio.segment_seconds / spec.hop_s)
+                                    if spec is not None else 0)
 
-    def batch(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         used = self.rng.integers(1, self.m + 1, size=count)
+        moments = None
+        if self.moment_dim:
+            from hark.moments import quantize
+
+            per = self.m * self.moments_per_segment
+            raw = self.rng.standard_normal((count * per, self.moment_dim), dtype=np.float32)
+            moments = quantize(raw).reshape(count, per, self.moment_dim)
         if self.clip is not None:
             segs = self.rng.standard_normal((count, self.m, self.seg_dim), dtype=np.float32)
             mask = (np.arange(self.m)[None, :] < used[:, None]).astype(np.float32)
             glob, rows = self.clip.run(None, {"segment_embeddings": segs, "segment_mask": mask})
-            return glob, rows, used
+            return glob, rows, used, moments
         glob = self.rng.standard_normal((count, self.global_dim), dtype=np.float32)
         glob /= np.linalg.norm(glob, axis=1, keepdims=True)
         rows = self.rng.standard_normal((count, self.m, self.row_dim), dtype=np.float32)
-        return glob, rows, used
+        return glob, rows, used, moments
 
 
 def fill(client, bundle, n: int, kind: str, batch: int) -> dict[str, Any]:
@@ -128,11 +140,14 @@ def fill(client, bundle, n: int, kind: str, batch: int) -> dict[str, Any]:
     for start in range(0, n, batch):
         count = min(batch, n - start)
         t0 = time.perf_counter()
-        glob, rows, used = source.batch(count)
+        glob, rows, used, moments = source.batch(count)
+        per = source.moments_per_segment
         points = [models.PointStruct.model_construct(
-            id=str(uuid.UUID(int=start + i)), vector={"global": glob[i], "tokens": rows[i, : used[i]]},
+            id=str(uuid.UUID(int=start + i)),
+            vector={"global": glob[i], "tokens": rows[i, : used[i]],
+                    **({"moments": moments[i, : per * used[i]]} if moments is not None else {})},
             payload={"n": start + i, "windows": 1, "source_uri": f"bench://{start + i}",
-                     "meta": {"split": SPLITS[(start + i) % len(SPLITS)]}})
+                     "window_duration": float(10 * used[i]), "meta": {"split": SPLITS[(start + i) % len(SPLITS)]}})
             for i in range(count)]
         t1 = time.perf_counter()
         client.upsert(physical, points, wait=True)

@@ -26,7 +26,7 @@ from hark.bundle import Bundle
 from hark.errors import HarkError
 from hark.moments import MomentSpec, best_span, dequantize, event_times, order_agreement
 from hark.order import ordered_events
-from hark.store.candidates import Candidates
+from hark.store.candidates import Candidates, pack_rows
 
 from .encoders import Reranker, TextBatch, TextEncoder
 
@@ -274,8 +274,8 @@ class AudioSearch:
         stored = {}
         for record in (store_call(read) if store_call is not None else read()):
             vector = record.vector.get("moments") if isinstance(record.vector, dict) else None
-            if vector:
-                stored[record.id] = dequantize(np.asarray(vector, dtype=np.float32))
+            if vector:  # rows of Python floats, packed in one C call per row
+                stored[record.id] = dequantize(pack_rows(vector) if isinstance(vector, list) else vector)
         return stored
 
     @staticmethod

@@ -4,7 +4,7 @@ The facade needs no per-point models for its K candidates, and the reranker want
 Both engines answer `query_candidates` (hark.store): `EdgeStore` straight from the engine's objects, a `QdrantClient`
 through `query_batch_points` with unvalidated requests (hark built the vector itself). Measured at K=200 on 30k
 report-size clips (2 cores, load average 5-6, 40 queries interleaved with the previous path in one process):
-prefilter + rerank 42.7 -> 40.6, 70.0 -> 59.8 and 45.1 -> 38.7 ms. The gain is the packing (`_pack`); the
+prefilter + rerank 42.7 -> 40.6, 70.0 -> 59.8 and 45.1 -> 38.7 ms. The gain is the packing (`pack_rows`); the
 request validation the models did cost 1-2 ms. What stays is the engine's vectors getter, which builds Python
 lists (about 6 ms for 200 candidates' rows), and first reads of the on-disk rows (about 14 ms per query until the
 page cache holds them).
@@ -62,10 +62,10 @@ def from_points(points: Sequence[Any], rows: str | None, id_out: Callable[[Any],
         per_point.append(vector.get(rows) if isinstance(vector, dict) else None)
     counts = np.fromiter((len(v) if v else 0 for v in per_point), dtype=np.int64, count=len(points))
     flat = [row for v in per_point if v for row in v]
-    return Candidates(ids, scores, payloads, _pack(flat) if flat else None, counts)
+    return Candidates(ids, scores, payloads, pack_rows(flat) if flat else None, counts)
 
 
-def _pack(rows: list[list[float]]) -> np.ndarray:
+def pack_rows(rows: list[list[float]]) -> np.ndarray:
     """Rows of Python floats -> one read-only [R, width] float32 block.
 
     struct packs a row of floats in one C call; measured on 200 candidates' rows (392k floats, 2 cores under load,
