@@ -632,11 +632,12 @@ _FORMAT_NAMES = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 _MP3_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}
 
 
-def write_audio(path: Path, audio: np.ndarray, sample_rate: int, channels: int = 1) -> Path:
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, channels: int = 1) -> Path:
     """Write `audio` in the format its suffix names, falling back to WAV when libsndfile cannot.
 
     Returns the path actually written (its suffix changes on fallback).
     """
+    path = Path(path)
     data = audio.astype(np.float32)
     if channels == 2:
         # Unequal channels so that a decoder which drops one instead of averaging is caught; the mean is

@@ -271,3 +271,12 @@ def test_variant_b_sequence_captions_keep_order_and_events_stay_separable():
         assert dog < siren, caption
     # The same nearest-centroid check as for the default renderings.
     assert _centroid_accuracy("b") >= 0.9
+
+
+def test_write_audio_takes_a_string_path(tmp_path):
+    import soundfile as sf
+
+    from hark.demo.synth import write_audio
+
+    written = write_audio(str(tmp_path / "clip.wav"), np.zeros(3200, np.float32), 32000)
+    assert written == tmp_path / "clip.wav" and sf.info(str(written)).frames == 3200
