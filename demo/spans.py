@@ -111,12 +111,12 @@ class ProductScorer:
         out: dict[str, np.ndarray] = {"cosine": np.zeros((len(captions), len(clips)), np.float32)}
         if self.reranker is not None:
             out["attention"] = np.zeros_like(out["cosine"])
+            rows = np.concatenate([c.rows for c in clips])  # every clip is every caption's candidate
+            counts = np.array([len(c.rows) for c in clips])
         for start in range(0, len(captions), 32):
             batch = self.text.encode(list(captions[start:start + 32]))
             out["cosine"][start:start + 32] = batch.sentence @ glob.T
             if self.reranker is not None:
-                rows = np.concatenate([c.rows for c in clips])
-                counts = np.array([len(c.rows) for c in clips])
                 att = self.reranker.score_packed(batch.tokens, batch.mask, [(rows, counts)] * len(batch.sentence))
                 out["attention"][start:start + 32] = np.stack(att)
         out["fused"] = fusion.get("cosine", 1.0) * out["cosine"]

@@ -80,8 +80,9 @@ class AudioEncoder:
             parts.append(self.audio.run(None, {"segments": chunk})[0])
         return np.concatenate(parts).astype(np.float32)
 
-    def encode_windows(self, windows: Sequence[np.ndarray]) -> list[ClipVectors]:
-        """Each window (at most max_segments segments of audio) -> its stored vectors."""
+    def encode_windows(self, windows: Sequence[np.ndarray], with_moments: bool = True) -> list[ClipVectors]:
+        """Each window (at most max_segments segments of audio) -> its stored vectors (`with_moments=False`:
+        without the moments, which cost as much again; their field is None)."""
         if not windows:
             return []
         split = [split_segments(w, self.segment_samples, self.max_segments) for w in windows]
@@ -95,7 +96,8 @@ class AudioEncoder:
             mask[i, : len(s)] = 1
             offset += len(s)
         glob, rows = self.clip.run(None, {"segment_embeddings": seg, "segment_mask": mask})
-        moments = self.encode_moments(windows) if self.moments is not None else [None] * len(windows)
+        moments = (self.encode_moments(windows) if with_moments and self.moments is not None
+                   else [None] * len(windows))
         return [ClipVectors(glob[i].astype(np.float32), rows[i, : len(s)].astype(np.float32), len(s), moments[i])
                 for i, s in enumerate(split)]
 

@@ -97,3 +97,17 @@ def test_order_through_moments_tells_a_then_b_from_b_then_a(bundle_dir):
     result = order_accuracy(ProductScorer(bundle), swapped_pairs("a", 24, seed=11), [0.0, weight])
     with_order, without = result[f"fused+{weight:g}*order"], result["fused+0*order"]
     assert with_order >= 0.75 and with_order >= without + 0.1, result
+
+
+def test_encoding_without_moments_leaves_them_out_and_the_other_vectors_alone(bundle_dir):
+    """Re-index verification only recomputes `global`: it asks for no moments, and gets the same vectors."""
+    from hark.bundle import Bundle
+    from hark.plugin.encoders import AudioEncoder
+
+    encoder = AudioEncoder(Bundle.load(bundle_dir), "cpu")
+    wave = (0.1 * np.random.default_rng(2).standard_normal(7 * 32000)).astype(np.float32)
+    full = encoder.encode_windows([wave])[0]
+    plain = encoder.encode_windows([wave], with_moments=False)[0]
+    assert full.moments is not None and len(full.moments) == 4 and plain.moments is None
+    np.testing.assert_array_equal(plain.global_, full.global_)
+    np.testing.assert_array_equal(plain.rows, full.rows)

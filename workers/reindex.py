@@ -120,7 +120,7 @@ def _recompute_sample(settings: Settings, client, state: dict[str, Any]) -> int:
             # Stream up to the window needed: a long recording is never held whole.
             piece = next(w for i, (_, w) in enumerate(stream_windows(iter_audio(copy.path, sr),
                                                                        ingestor.window_samples, sr)) if i == index)
-        fresh = ingestor.encoder.encode_windows([piece])[0].global_
+        fresh = ingestor.encoder.encode_windows([piece], with_moments=False)[0].global_
         stored = np.asarray(p.vector["global"], dtype=np.float32)
         cos = float(fresh @ stored / (np.linalg.norm(fresh) * np.linalg.norm(stored) + 1e-12))
         if cos < 0.999:
