@@ -111,3 +111,15 @@ def test_encoding_without_moments_leaves_them_out_and_the_other_vectors_alone(bu
     assert full.moments is not None and len(full.moments) == 4 and plain.moments is None
     np.testing.assert_array_equal(plain.global_, full.global_)
     np.testing.assert_array_equal(plain.rows, full.rows)
+
+
+def test_moment_and_order_settings_are_checked():
+    pytest.importorskip("torch")
+    from hark.training.config import ConfigError, load_config
+
+    assert load_config("tiny", []).audio.moment_seconds == 2.0
+    assert load_config("tiny", ["audio.moment_seconds=0"]).audio.moment_seconds == 0
+    with pytest.raises(ConfigError, match="moment_seconds"):
+        load_config("tiny", ["audio.moment_seconds=-1"])
+    with pytest.raises(ConfigError, match="fusion_order"):
+        load_config("tiny", ["heads.fusion_order=-0.2"])

@@ -211,6 +211,11 @@ class ModelConfig:
             raise ConfigError(f"{source}: train.gain_db and train.shift_seconds must be >= 0")
         if not (0.0 <= t.mix_fraction <= 1.0 and 0.0 <= t.word_dropout < 1.0):
             raise ConfigError(f"{source}: train.mix_fraction must be in [0, 1] and train.word_dropout in [0, 1)")
+        a = self.audio
+        if a.moment_seconds < 0:
+            raise ConfigError(f"{source}: audio.moment_seconds must be >= 0 (0: no moments)")
+        if self.heads.fusion_order < 0:
+            raise ConfigError(f"{source}: heads.fusion_order must be >= 0 (0: no order term)")
         if t.order_negatives < 0:
             raise ConfigError(f"{source}: train.order_negatives must be >= 0")
         if t.order_heads not in {"all", "attention"}:
