@@ -103,7 +103,8 @@ def test_search_page_in_headless_chromium(served):
             # A malformed filter is reported on the page, not thrown.
             page.fill("#filter", '{"must": [{"kee": 1}]}')
             page.click("button[type=submit]")
-            page.wait_for_function("document.getElementById('status').textContent.length > 0")
+            # The status line already holds the previous answer; wait for this one's state, not for any text.
+            page.wait_for_function("document.body.dataset.state === 'error'")
             assert "filter" in page.inner_text("#status")
         finally:
             browser.close()
