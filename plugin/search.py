@@ -26,6 +26,7 @@ from hark.bundle import Bundle
 from hark.errors import HarkError
 from hark.moments import MomentSpec, best_span, dequantize, event_times, order_agreement
 from hark.order import ordered_events
+from hark.store import vectors_of
 from hark.store.candidates import Candidates, pack_rows
 
 from .encoders import Reranker, TextBatch, TextEncoder
@@ -269,13 +270,12 @@ class AudioSearch:
         ids = list(dict.fromkeys(hit.id for hits in ranked for hit in hits))
 
         def read():
-            return self.client.retrieve(collection, ids, with_payload=False, with_vectors=["moments"])
+            return vectors_of(self.client, collection, ids, "moments")
 
         stored = {}
-        for record in (store_call(read) if store_call is not None else read()):
-            vector = record.vector.get("moments") if isinstance(record.vector, dict) else None
-            if vector:  # rows of Python floats, packed in one C call per row
-                stored[record.id] = dequantize(pack_rows(vector) if isinstance(vector, list) else vector)
+        for pid, vector in (store_call(read) if store_call is not None else read()).items():
+            if len(vector):  # rows of Python floats, packed in one C call per row
+                stored[pid] = dequantize(pack_rows(vector) if isinstance(vector, list) else vector)
         return stored
 
     @staticmethod

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -408,6 +412,18 @@ def test_search_command(served, bundle_dir, corpus, tmp_path, capsys, monkeypatc
     assert capsys.readouterr().out.count("order ") == 2
     assert main(["search", "x", "--collection", "nope"]) == 2
     assert "not found" in capsys.readouterr().err
+    # A one-shot search on the embedded store never imports qdrant-client (0.45 s of pydantic models on an idle
+    # machine; its moments read used to pull it in).
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from hark.cli import main
+        rc = main(["search", "a dog barks, then a bell rings", "--limit", "3", "--json"])
+        print(rc, "qdrant_client" in sys.modules)
+    """)], capture_output=True, text=True, env={**os.environ}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout.strip().splitlines()[-2])["hits"]
+    assert len(hits) == 3 and all(h["moment"] is not None and h["order"] is not None for h in hits)
+    assert done.stdout.strip().splitlines()[-1] == "0 False"
 
 
 def test_without_rerank_hits_rank_by_cosine_even_when_the_fitted_fusion_ignores_it():

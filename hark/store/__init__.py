@@ -137,6 +137,24 @@ def query_candidates(client, collection: str, queries: np.ndarray, using: str, l
     return [from_points(r.points, rows) for r in responses]
 
 
+def vectors_of(client, collection: str, ids: Iterable[Any], name: str) -> dict[Any, Any]:
+    """{id: stored value of the named vector} for those of `ids` that exist and hold it (rows of floats for a
+    multivector). The embedded store answers from the engine's objects (`EdgeStore.vectors_of`); any other
+    client through `retrieve`."""
+    ids = list(ids)
+    fast = getattr(client, "vectors_of", None)
+    if fast is not None:
+        return fast(collection, ids, name)
+    if not ids:
+        return {}
+    out = {}
+    for record in client.retrieve(collection, ids, with_payload=False, with_vectors=[name]):
+        value = record.vector.get(name) if isinstance(record.vector, dict) else None
+        if value is not None:
+            out[record.id] = value
+    return out
+
+
 def ensure_collection(client, base: str, bundle: Bundle, shards: int | None = None,
                       replication: int | None = None) -> str:
     """Create `base__<version>` from the manifest if missing and point the alias `base` at it when the alias
