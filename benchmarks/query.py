@@ -20,10 +20,13 @@ Measured:
 - recall@K of the engine's default search path (`hark.store.edge` decides: exact or HNSW) against exact search.
 
     python benchmarks/query.py --clips N [--k K] [--quick] [--engine edge|local] [--keep DIR] [--vectors numpy]
+                               [--prewarm]
 
 `--engine local` runs qdrant-client's local mode in memory instead (a baseline for small N: no open / cold search
 / disk figures). `--keep DIR` keeps the bundle and the store in DIR and reuses them on the next run (a store with
-the same N, engine and vectors is not re-ingested; its recorded ingest figures are reported again).
+the same N, engine and vectors is not re-ingested; its recorded ingest figures are reported again). `--prewarm`
+reads the collection's on-disk vectors into the page cache after opening, as `hark serve` does at start, so the
+first pass measures a started server rather than a folder nobody has read.
 The last line printed is one JSON object with the headline figures.
 """
 
@@ -300,7 +303,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundle_path = bundle_dir(work, args.quick)
     bundle = Bundle.load(bundle_path)
     out: dict[str, Any] = {"engine": args.engine, "clips": args.clips, "k": args.k, "vectors": args.vectors,
-                           "queries": len(queries), "ort_spin": not args.no_ort_spin,
+                           "queries": len(queries), "ort_spin": not args.no_ort_spin, "prewarm_s": None,
                            "text_encoder": "RoBERTa-large int8, " + ("2 layers (quick)" if args.quick else "24 layers")}
     if args.engine == "local":
         from qdrant_client import QdrantClient
@@ -337,6 +340,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         out["rss_before_open_mb"] = rss_mb()
         client, out["open_s"] = open_edge(folder)
         out["rss_after_open_mb"] = rss_mb()
+        if args.prewarm:  # as `hark serve` does at start: the on-disk rows read once into the page cache
+            start = time.perf_counter()
+            client.prewarm(COLLECTION).join()
+            out["prewarm_s"] = round(time.perf_counter() - start, 2)
+            out["prewarm"] = client.prewarm_report
         out["search_path"] = default_path(args.k, client.count(COLLECTION).count)
     points = client.count(COLLECTION).count
     assert points == args.clips, f"the store holds {points} points, expected {args.clips}"
@@ -373,7 +381,8 @@ def report(r: dict[str, Any]) -> None:
              if r.get("index_build_s") is not None else ""))
     if r.get("open_s") is not None:
         print(f"  open     {r['open_s']} s; cold `hark search` {r['cold_search_s']} s "
-              f"(runs {r['cold_search_runs_s']})")
+              f"(runs {r['cold_search_runs_s']})"
+              + (f"; prewarm (as `hark serve`) {r['prewarm_s']} s before the first query" if r["prewarm_s"] else ""))
     print(f"  query    p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms (unfiltered p50 {r['p50_unfiltered_ms']}, "
           f"filtered {r['p50_filtered_ms']})")
     print("  stages   " + ", ".join(f"{name} {ms}" for name, ms in s.items()) + " (median ms)")
@@ -395,6 +404,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the bundle and the store here")
     parser.add_argument("--vectors", choices=("onnx", "numpy"), default="onnx",
                         help="clip.onnx over random segments (default) or random numpy vectors in the same layout")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="after opening, read the on-disk vectors into the page cache and wait, as `hark serve` "
+                             "does at start (so the first pass measures a started server, not a cold folder)")
     parser.add_argument("--queries", type=int, default=None, help="timed queries (default 40; 10 with --quick)")
     parser.add_argument("--recall-queries", type=int, default=20)
     parser.add_argument("--no-ort-spin", action="store_true",
