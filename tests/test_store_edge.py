@@ -3,6 +3,7 @@ owner per folder, crash safety, errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -601,3 +602,34 @@ def test_a_writer_ends_its_log_with_an_empty_operation(tmp_path, monkeypatch):
         store.flush()  # nothing written since the last seal: no second empty operation
         assert spy.ops == ["write", "empty"]
         assert store.retrieve("c", [points[1].id])[0].payload["x"] == 1
+
+
+class _FullDiskShard(_SpyShard):
+    def optimize(self):
+        raise Exception("Service runtime error: Not enough space available for optimization, needed: 41.50 GiB, "
+                        "available: 41.39 GiB")
+
+
+def test_an_index_build_the_engine_refuses_is_a_store_error_and_never_fails_an_ingest(tmp_path, caplog,
+                                                                                       monkeypatch):
+    """The engine wants about 1.8x the folder free to build its index. Its refusal is a StoreError from
+    `optimize`; after an ingest batch (`maybe_build_index`) it is a warning: the batch is stored and searchable."""
+    from hark.store import maybe_build_index
+
+    points, _ = _vectors(30)
+    with EdgeStore(tmp_path / "s") as store:
+        store.create_collection("c", vectors_config=VECTORS)
+        store.upsert("c", points)
+        store._shards["c"] = _FullDiskShard(store._shard("c"))
+        with pytest.raises(StoreError, match="Not enough space"):
+            store.optimize("c")
+        with caplog.at_level("WARNING", logger="hark.store"):
+            maybe_build_index(store, "c")  # 30 unindexed points: below the threshold, nothing to build
+            assert caplog.records == []
+            # Now as after a large batch: enough unindexed points to build.
+            monkeypatch.setattr(store, "maybe_optimize", functools.partial(store.maybe_optimize, min_unindexed=1))
+            maybe_build_index(store, "c")
+        assert any("was not built" in r.getMessage() and "Not enough space" in r.getMessage()
+                   for r in caplog.records)
+        hits = store.query_points("c", query=points[3].vector["global"], using="global", limit=1)
+        assert hits.points[0].id == points[3].id

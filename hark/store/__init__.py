@@ -52,8 +52,15 @@ def maybe_build_index(client, collection: str) -> None:
     """After an ingest batch: the embedded engine has no background optimiser, so it builds its HNSW index
     once enough points are outside it (a server optimises by itself)."""
     build = getattr(client, "maybe_optimize", None)
-    if build is not None:
+    if build is None:
+        return
+    try:
         build(collection)
+    except StoreError as exc:
+        # The batch is stored and searchable (the unindexed points are scanned); a build the engine refuses (it
+        # wants about 1.8x the folder free on disk) must not fail the ingest, nor every retry of it.
+        log.warning("the HNSW index of %s was not built: %s; searches scan the unindexed points until a "
+                    "later build succeeds", collection, exc)
 
 
 def is_transient(exc: BaseException) -> bool:

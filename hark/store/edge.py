@@ -617,7 +617,7 @@ class EdgeStore:
     # -- the index ---------------------------------------------------------------------------------------------
     def optimize(self, collection_name: str) -> bool:
         """Merge segments and build the HNSW index now (blocking). True when anything changed."""
-        with self._lock:
+        with self._lock, _engine_errors():  # e.g. "Not enough space available for optimization": a StoreError
             return bool(self._shard(collection_name).optimize())
 
     def unindexed_count(self, collection_name: str) -> int:
