@@ -4,10 +4,12 @@ The bundle and the collection are built as in benchmarks/query.py: a report-size
 random weights; 2 layers with --quick) exported in int8, a report-size joint head, and N clips in the
 embedded store (the qdrant-edge engine by default; `--store local` for qdrant-client's local mode, whose
 Python scan of the `tokens` rows dominates and serialises on the GIL). The server runs in this process
-(uvicorn in a thread); clients are threads with their own HTTP connections. Also measured: the text
-encoder's cost per query against batch size (what the micro-batcher's defaults are chosen from).
+(uvicorn in a thread); clients are threads with their own HTTP connections, in a second process by default
+(`--clients process`): clients in the server's own process (`--clients thread`, what earlier runs did) take the
+server's GIL to build requests and parse responses, which caps the very concurrency being measured. Also
+measured: the text encoder's cost per query against batch size (what the micro-batcher's defaults are chosen from).
 
-    python benchmarks/serve.py [--quick] [--clips 10000] [--seconds 30] [--store edge|local]
+    python benchmarks/serve.py [--quick] [--clips 10000] [--seconds 30] [--store edge|local] [--clients process|thread]
 
 Last line: one JSON object {"rps": {concurrency: r/s}, "p50_ms": {...}, "p95_ms": {...}, "encoder_ms_per_query": ...}.
 """
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--store", choices=["edge", "local"], default="edge",
                         help="the embedded engine (hark.store.edge.EdgeStore) or qdrant-client's local mode")
+    parser.add_argument("--clients", choices=["process", "thread"], default="process",
+                        help="run the client threads in a second process (default) or in the server's process")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the bundle and the embedded store here and reuse them on the next run (A/B runs "
                              "of settings such as HARK_ORT_THREADS without re-exporting)")
@@ -192,20 +196,35 @@ def main() -> None:
         while not server.started:
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}"
-        load(url, 1, 2, args.candidates)  # warm-up
+        generator = None
+        if args.clients == "process":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            generator = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+        def run_load(clients: int, span: float):
+            if generator is None:
+                return load(url, clients, span, args.candidates)
+            return generator.submit(load, url, clients, span, args.candidates).result()
+
+        run_load(1, 2)  # warm-up (and the client process's imports)
         rows = {}
         for clients in args.concurrency:
-            rps, lat, stages = load(url, clients, seconds, args.candidates)
+            rps, lat, stages = run_load(clients, seconds)
             rows[clients] = {"rps": round(rps, 2), "p50_ms": round(statistics.median(lat), 1),
                              "p95_ms": round(float(np.percentile(lat, 95)), 1), "requests": len(lat),
                              "stages": stages}
         calls = app.state.service.batcher.calls
+        if generator is not None:
+            generator.shutdown()
         server.should_exit = True
         thread.join(timeout=10)
 
     store = "EdgeStore" if args.store == "edge" else "local mode, in memory"
     print(f"serve benchmark: POST /search, K={args.candidates}, {args.clips} clips (embedded: {store}), int8 text "
           f"encoder ({'2 layers, quick' if args.quick else '24 layers'}), {seconds:.0f} s per concurrency, "
+          f"clients in {'a second process' if args.clients == 'process' else 'the server process'}, "
           f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max}, ONNX Runtime intra-op "
           f"threads {settings.ort_threads or 'all cores'}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} | median ms per stage")
@@ -216,6 +235,7 @@ def main() -> None:
     print(f"encoder calls during the load: {calls}")
     base = rows.get(1, {}).get("rps")
     print(json.dumps({"ort_threads": settings.ort_threads, "load_average": round(os.getloadavg()[0], 1),
+                      "clients": args.clients,
                       "rps": {str(c): r["rps"] for c, r in rows.items()},
                       "p50_ms": {str(c): r["p50_ms"] for c, r in rows.items()},
                       "p95_ms": {str(c): r["p95_ms"] for c, r in rows.items()},
