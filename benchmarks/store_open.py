@@ -1,7 +1,7 @@
 """Opening an embedded store folder: what the engine's write-ahead log costs on every load, and what `EdgeStore` does
 about it.
 
-    python benchmarks/store_open.py [--clips 20000] [--batch 1000] [--repeats 7]
+    python benchmarks/store_open.py [--clips 20000] [--batch 1000] [--repeats 7] [--quick]
 
 The engine (qdrant-edge) replays the newest entry of a shard's WAL each time the shard loads, even when that entry
 was flushed long ago. hark's writers upsert in batches, so the newest entry used to be a whole batch of clips with
@@ -84,7 +84,10 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="2,000 clips, 3 repeats")
     args = ap.parse_args()
+    if args.quick:
+        args.clips, args.repeats = 2000, 3
     with tempfile.TemporaryDirectory(prefix="hark-open-") as tmp:
         folders = {"sealed": Path(tmp) / "sealed", "unsealed": Path(tmp) / "unsealed"}
         write_s = {name: _write(path, args.clips, args.batch, seal=name == "sealed") for name, path in folders.items()}

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
 : > benchmarks/results/summary.jsonl
-for name in rerank export ingest query; do
+for name in rerank export ingest query store_open; do
   echo "== $name"
   .venv/bin/python "benchmarks/$name.py" "$@" 2>&1 | tee "benchmarks/results/$name.log" | tail -n 1 \
     | tee -a benchmarks/results/summary.jsonl
