@@ -104,6 +104,9 @@ def test_augmentation_settings_are_validated():
     # The report-size configs keep the report's recipe: no augmentation.
     assert (report.spec_freq_masks, report.spec_time_masks, report.gain_db, report.shift_seconds,
             report.mix_fraction, report.word_dropout) == (0, 0, 0.0, 0.0, 0.0, 0.0)
+    # `tiny` takes the light part chosen by measurement (gain, delay: order-safe); the full recipe stays opt-in.
+    tiny = load_config("tiny").train
+    assert (tiny.gain_db, tiny.shift_seconds, tiny.spec_freq_masks, tiny.mix_fraction) == (6.0, 1.0, 0, 0.0)
     recipe = load_config("tiny-augment").train
     assert recipe.spec_freq_masks and recipe.spec_time_masks and recipe.mix_fraction and recipe.word_dropout
 
