@@ -86,8 +86,9 @@ def vector_params(spec: VectorSpec):
         params["multivector_config"] = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
     if spec.hnsw_m is not None:
         params["hnsw_config"] = models.HnswConfigDiff(m=spec.hnsw_m)
-    if spec.datatype in {"float16", "uint8"}:
-        params["datatype"] = {"float16": models.Datatype.FLOAT16, "uint8": models.Datatype.UINT8}[spec.datatype]
+    datatype = {"float16": models.Datatype.FLOAT16, "uint8": models.Datatype.UINT8}.get(spec.datatype)
+    if datatype is not None:
+        params["datatype"] = datatype
     return models.VectorParams(**params)
 
 

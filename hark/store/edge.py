@@ -672,14 +672,15 @@ class EdgeStore:
         return self.optimize(collection_name)
 
 
-# -- backup / restore ------------------------------------------------------------------------------------------------
+# -- write-ahead log -------------------------------------------------------------------------------------------------
 def _empty_operation() -> Any:
-    """An update that changes nothing: deleting no points."""
+    """An update that changes nothing: deleting no points (`EdgeStore._seal` logs it last)."""
     import qdrant_edge as qe
 
     return qe.UpdateOperation.delete_points([])
 
 
+# -- backup / restore ------------------------------------------------------------------------------------------------
 def _copy_folder(src: Path, dest: Path) -> Path:
     if dest.exists() and any(dest.iterdir()):
         raise StoreError(f"backup destination {dest} exists and is not empty")
