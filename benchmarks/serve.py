@@ -9,7 +9,12 @@ Python scan of the `tokens` rows dominates and serialises on the GIL). The serve
 server's GIL to build requests and parse responses, which caps the very concurrency being measured. Also
 measured: the text encoder's cost per query against batch size (what the micro-batcher's defaults are chosen from).
 
-    python benchmarks/serve.py [--quick] [--clips 10000] [--seconds 30] [--store edge|local] [--clients process|thread]
+    python benchmarks/serve.py [--quick] [--clips 10000] [--seconds 30] [--warmup 10] [--store edge|local]
+                               [--clients process|thread]
+
+The embedded store's row cache (`hark.store.rowcache`) follows HARK_ROW_CACHE_MB (0 = off, for A/B runs); the
+warm-up (one client) runs before any measured phase, so the lone client is not measured against a cold cache, and
+each phase reports the share of candidates whose rows came from the cache.
 
 Last line: one JSON object {"rps": {concurrency: r/s}, "p50_ms": {...}, "p95_ms": {...}, "encoder_ms_per_query": ...}.
 """
@@ -102,8 +107,16 @@ def encoder_curve(bundle, sizes: list[int], repeats: int) -> dict[int, float]:
     return out
 
 
-def load(url: str, clients: int, seconds: float, k: int) -> tuple[float, list[float], dict[str, float]]:
-    """(requests/s, latencies in ms, median ms per stage as each response reported it)."""
+def _cpu_s() -> float:
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+def load(url: str, clients: int, seconds: float, k: int) -> tuple[float, list[float], dict[str, float], float]:
+    """(requests/s, latencies in ms, median ms per stage as each response reported it, CPU seconds this process
+    spent generating the load)."""
     import httpx
 
     latencies: list[float] = []
@@ -124,14 +137,14 @@ def load(url: str, clients: int, seconds: float, k: int) -> tuple[float, list[fl
                     latencies.append(elapsed * 1000)
                     stages.append(response.json()["timings_ms"])
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     medians = {s: round(statistics.median(x[s] for x in stages), 1) for s in stages[0]} if stages else {}
-    return len(latencies) / (time.perf_counter() - started), latencies, medians
+    return len(latencies) / (time.perf_counter() - started), latencies, medians, _cpu_s() - cpu
 
 
 def main() -> None:
@@ -140,6 +153,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=10000)
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of one-client load before measuring")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--store", choices=["edge", "local"], default="edge",
                         help="the embedded engine (hark.store.edge.EdgeStore) or qdrant-client's local mode")
@@ -175,7 +189,8 @@ def main() -> None:
                 import shutil
 
                 shutil.rmtree(folder, ignore_errors=True)
-            client = EdgeStore(folder)
+            cache_mb = float(os.environ.get("HARK_ROW_CACHE_MB", Settings.row_cache_mb))
+            client = EdgeStore(folder, row_cache_bytes=int(cache_mb * 2**20))
             if not filled.is_file():
                 fill(client, bundle, args.clips, "bench", np.random.default_rng(0))
                 filled.write_text("ok")
@@ -185,7 +200,8 @@ def main() -> None:
         settings = Settings.load(toml_path=Path(tmp) / "none.toml", env={
             "HARK_COLLECTION": "bench", "HARK_DEVICE": "cpu", "HARK_QDRANT_PATH": str(Path(tmp) / "q"),
             **{k: v for k, v in os.environ.items()
-               if k in {"HARK_QUERY_BATCH_WAIT_MS", "HARK_QUERY_BATCH_MAX", "HARK_ORT_THREADS"}}})
+               if k in {"HARK_QUERY_BATCH_WAIT_MS", "HARK_QUERY_BATCH_MAX", "HARK_ORT_THREADS",
+                        "HARK_ROW_CACHE_MB"}}})
         app = create_app(settings, bundle, client=client)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -208,12 +224,25 @@ def main() -> None:
                 return load(url, clients, span, args.candidates)
             return generator.submit(load, url, clients, span, args.candidates).result()
 
-        run_load(1, 2)  # warm-up (and the client process's imports)
+        cache = getattr(client, "row_cache", None)
+
+        def cache_counts() -> tuple[int, int]:
+            return (cache.hits, cache.misses) if cache is not None else (0, 0)
+
+        run_load(1, args.warmup)  # warm-up: the client process's imports, the page cache and the row cache
         rows = {}
         for clients in args.concurrency:
-            rps, lat, stages = run_load(clients, seconds)
+            before, server_cpu = cache_counts(), _cpu_s()
+            rps, lat, stages, client_cpu = run_load(clients, seconds)
+            server_cpu = _cpu_s() - server_cpu
+            hits, misses = (a - b for a, b in zip(cache_counts(), before, strict=True))
             rows[clients] = {"rps": round(rps, 2), "p50_ms": round(statistics.median(lat), 1),
                              "p95_ms": round(float(np.percentile(lat, 95)), 1), "requests": len(lat),
+                             "row_cache_hit_rate": round(hits / (hits + misses), 3) if hits + misses else None,
+                             # CPU per request: the server process's (every thread, ONNX Runtime's included) and
+                             # the load generator's (same process as the server with --clients thread)
+                             "server_cpu_ms": round(1000 * server_cpu / max(1, len(lat)), 1),
+                             "client_cpu_ms": round(1000 * client_cpu / max(1, len(lat)), 1),
                              "stages": stages}
         calls = app.state.service.batcher.calls
         if generator is not None:
@@ -226,11 +255,17 @@ def main() -> None:
           f"encoder ({'2 layers, quick' if args.quick else '24 layers'}), {seconds:.0f} s per concurrency, "
           f"clients in {'a second process' if args.clients == 'process' else 'the server process'}, "
           f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max}, ONNX Runtime intra-op "
-          f"threads {settings.ort_threads or 'all cores'}, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} | median ms per stage")
+          f"threads {settings.ort_threads or 'all cores'}, row cache "
+          f"{f'{cache.max_bytes / 2**20:.0f} MiB' if cache is not None and cache.enabled else 'off'}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} {'cache hits':>10} "
+          f"{'CPU ms/req server, client':>26} | median ms per stage")
     for clients, r in rows.items():
         parts = " ".join(f"{k} {v}" for k, v in r["stages"].items())
-        print(f"{clients:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['requests']:>9} | {parts}")
+        hit = "-" if r["row_cache_hit_rate"] is None else f"{r['row_cache_hit_rate']:.3f}"
+        cpu = f"{r['server_cpu_ms']}, {r['client_cpu_ms']}"
+        print(f"{clients:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['requests']:>9} {hit:>10} "
+              f"{cpu:>26} | {parts}")
     print("text encoder ms per query by batch size: " + ", ".join(f"{b}: {ms}" for b, ms in curve.items()))
     print(f"encoder calls during the load: {calls}")
     base = rows.get(1, {}).get("rps")
@@ -239,6 +274,8 @@ def main() -> None:
                       "rps": {str(c): r["rps"] for c, r in rows.items()},
                       "p50_ms": {str(c): r["p50_ms"] for c, r in rows.items()},
                       "p95_ms": {str(c): r["p95_ms"] for c, r in rows.items()},
+                      "row_cache_hit_rate": {str(c): r["row_cache_hit_rate"] for c, r in rows.items()},
+                      "cpu_ms_per_request": {str(c): [r["server_cpu_ms"], r["client_cpu_ms"]] for c, r in rows.items()},
                       "store": args.store, "speedup_4": round(rows[4]["rps"] / base, 2) if base and 4 in rows else None,
                       "encoder_ms_per_query": {str(b): v for b, v in curve.items()}}))
 

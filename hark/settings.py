@@ -69,6 +69,9 @@ class Settings:
     query_batch_max: int = 8
     # ONNX Runtime threads per session; 0 lets ONNX Runtime use every core of the machine.
     ort_threads: int = 0
+    # MiB of decoded rerank rows the embedded store keeps for repeated candidates (0 turns the cache off): without
+    # it, reading 200 candidates' rows from the engine held the GIL ~14 ms per query (benchmarks/README.md, serve).
+    row_cache_mb: float = 256.0
     # Address `hark serve` listens on.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -125,8 +128,8 @@ class Settings:
         for name in ("batch_files", "max_body_bytes", "max_json_depth", "query_batch_max"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1")
-        if self.query_batch_wait_ms < 0 or self.ort_threads < 0:
-            raise SettingsError("HARK_QUERY_BATCH_WAIT_MS and HARK_ORT_THREADS cannot be negative")
+        if self.query_batch_wait_ms < 0 or self.ort_threads < 0 or self.row_cache_mb < 0:
+            raise SettingsError("HARK_QUERY_BATCH_WAIT_MS, HARK_ORT_THREADS and HARK_ROW_CACHE_MB cannot be negative")
 
     @property
     def embedded_qdrant(self) -> bool:

@@ -337,6 +337,36 @@ def test_batcher_merges_concurrent_requests_into_one_encoder_call(stack):
         np.testing.assert_allclose(part.sentence[0], alone.sentence[i], atol=0.05)
 
 
+def test_a_second_encoder_call_runs_while_one_is_in_flight():
+    """Two requests that do not share a call are encoded at the same time (each call here waits for the other
+    at a barrier: with one encoder thread the second call would start only after the first, which never ends)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from hark.plugin.serve.batcher import TextBatcher
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def run(_outputs, feeds):
+        barrier.wait()
+        n = feeds["input_ids"].shape[0]
+        return np.ones((n, 4), np.float32), np.ones((n, 3, 4), np.float32)
+
+    encoder = SimpleNamespace(
+        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
+                                                         np.ones((len(texts), 3), np.int64))),
+        session=SimpleNamespace(run=run))
+    # Each request fills a call on its own (max_batch texts), so the two can only meet at the barrier.
+    batcher = TextBatcher(wait_ms=1, max_batch=2)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(lambda t: batcher.encode(encoder, [t, t])[0], ["a", "b"]))
+    finally:
+        batcher.close()
+    assert batcher.calls == 2 and [p.sentence.shape for p in parts] == [(2, 4), (2, 4)]
+    assert not batcher._workers  # close stopped every encoder thread
+
+
 def test_search_route_reports_its_own_timings_and_metrics(http):
     response = http.post("/search", json={"text": "a dog barks", "limit": 3})
     assert response.status_code == 200

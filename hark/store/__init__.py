@@ -45,7 +45,7 @@ def connect(settings: Settings):
         return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=30)
     from hark.store.edge import EdgeStore  # lazily: a server deployment never loads the embedded engine
 
-    return EdgeStore(settings.qdrant_path)
+    return EdgeStore(settings.qdrant_path, row_cache_bytes=int(settings.row_cache_mb * 2**20))
 
 
 def maybe_build_index(client, collection: str) -> None:

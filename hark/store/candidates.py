@@ -65,6 +65,20 @@ def from_points(points: Sequence[Any], rows: str | None, id_out: Callable[[Any],
     return Candidates(ids, scores, payloads, pack_rows(flat) if flat else None, counts)
 
 
+def with_rows(found: Candidates, per_point: Sequence[np.ndarray | None]) -> Candidates:
+    """`found` with each candidate's rows given as an array ([count, width]; None or no rows: count 0), packed
+    into one read-only block (the embedded store's row cache hands rows over this way)."""
+    counts = np.fromiter((0 if r is None else len(r) for r in per_point), dtype=np.int64, count=len(per_point))
+    parts = [r for r in per_point if r is not None and len(r)]
+    if not parts:
+        return Candidates(found.ids, found.scores, found.payloads, None, counts)
+    if any(r.shape[1] != parts[0].shape[1] for r in parts):
+        raise ValueError("multivector rows of different widths")
+    block = np.concatenate(parts).astype(np.float32, copy=False)
+    block.flags.writeable = False
+    return Candidates(found.ids, found.scores, found.payloads, block, counts)
+
+
 def pack_rows(rows: list[list[float]]) -> np.ndarray:
     """Rows of Python floats -> one read-only [R, width] float32 block.
 

@@ -54,8 +54,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hark.store.errors import StoreError, StoreUnavailableError
 from hark.store.filters import edge_point_id, to_edge
+from hark.store.rowcache import RowCache
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,10 @@ _DEFAULT_HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
 # `prewarm` reads a collection's on-disk vector storage only up to this share of the memory available at the time,
 # so warming never pushes out what the process itself needs.
 PREWARM_MAX_SHARE = 0.25
+
+# Decoded rerank rows kept in memory by default (`hark.store.rowcache`; HARK_ROW_CACHE_MB): about 23k report-size
+# clips of three rows each.
+DEFAULT_ROW_CACHE_BYTES = 256 * 2**20
 
 
 class NotFoundError(StoreError, LookupError):
@@ -131,7 +138,7 @@ class EdgeStore:
     it costs no parallelism: the bindings hold the GIL during engine calls anyway.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, row_cache_bytes: int = DEFAULT_ROW_CACHE_BYTES) -> None:
         self.path = Path(path)
         if (self.path / "meta.json").is_file() and (self.path / "collection").is_dir():
             # qdrant-client's local mode wrote this folder; its files are not the engine's.
@@ -143,6 +150,8 @@ class EdgeStore:
         self._flushed_at: dict[str, float] = {}  # monotonic time of each writing shard's last flush
         self._lock_fd: int | None = None
         self.prewarm_report: dict[str, Any] | None = None  # what the last `prewarm` did
+        # Rows `query_candidates` decoded, by point; every write below invalidates what it touches.
+        self.row_cache = RowCache(row_cache_bytes)
         (self.path / COLLECTIONS_DIR).mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -206,11 +215,13 @@ class EdgeStore:
         if errors:
             raise StoreError("closing the embedded store failed: " + "; ".join(errors))
 
-    def _update(self, collection_name: str, op: Any) -> None:
+    def _update(self, collection_name: str, op: Any, vectors_of: Sequence[Any] | None) -> None:
         """Apply one write (the caller holds the lock), flushing at most every FLUSH_INTERVAL_S so the WAL stays
-        short during a long ingest."""
+        short during a long ingest. `vectors_of`: the engine ids whose vectors the write may change (None: any
+        point's), dropped from the row cache first."""
         physical = self._resolve(collection_name)
         shard = self._shard(physical)
+        self.row_cache.invalidate(physical, vectors_of)
         shard.update(op)
         self._dirty.add(physical)
         now = time.monotonic()
@@ -332,6 +343,7 @@ class EdgeStore:
             if not self._is_collection(collection_name):
                 return False
             shard = self._shards.pop(collection_name, None)
+            self.row_cache.invalidate(collection_name)
             self._dirty.discard(collection_name)
             self._flushed_at.pop(collection_name, None)
             if shard is not None:
@@ -388,7 +400,7 @@ class EdgeStore:
 
         schema = _index_schema(field_schema if field_schema is not None else field_type)
         with self._lock:
-            self._update(collection_name, qe.UpdateOperation.create_field_index(field_name, schema))
+            self._update(collection_name, qe.UpdateOperation.create_field_index(field_name, schema), ())
         return _update_result()
 
     # -- aliases ----------------------------------------------------------------------------------------------
@@ -472,7 +484,8 @@ class EdgeStore:
         with self._lock:
             self._shard(collection_name)  # a missing collection is an error even for an empty batch
             if edge_points:
-                self._update(collection_name, qe.UpdateOperation.upsert_points(edge_points))
+                self._update(collection_name, qe.UpdateOperation.upsert_points(edge_points),
+                             [p.id for p in edge_points])
         return _update_result()
 
     def retrieve(self, collection_name: str, ids: Sequence[Any], with_payload: Any = True,
@@ -567,18 +580,22 @@ class EdgeStore:
     def query_candidates(self, collection_name: str, queries: Any, using: str, limit: int, query_filter: Any = None,
                          rows: str | None = None) -> list:
         """`hark.store.query_candidates` on the engine: the nearest `limit` points to each query vector, straight
-        from the engine's objects into `Candidates`, with no qdrant-client models on the way."""
+        from the engine's objects into `Candidates`, with no qdrant-client models on the way. With the row cache
+        on, the search returns no vectors and the rows come from the cache, the engine read only for the
+        candidates it lacks (`_cached_rows`)."""
         import qdrant_edge as qe
 
         from hark.store.candidates import from_points
 
         edge_filter = to_edge(query_filter)
-        with_vector = [rows] if rows else False
+        cached = bool(rows) and self.row_cache.enabled
+        with_vector = [rows] if rows and not cached else False
         vectors = [q.tolist() if hasattr(q, "tolist") else list(q) for q in queries]
         if not vectors:
             return []
         with self._lock:
-            shard = self._shard(collection_name)
+            physical = self._resolve(collection_name)
+            shard = self._shard(physical)
             params = _search_params(None, limit, shard.info().points_count)
             requests = [qe.QueryRequest(limit=limit, offset=0, query=qe.Query.Nearest(v, using=using),
                                         with_vector=with_vector, with_payload=True, filter=edge_filter, params=params)
@@ -589,7 +606,41 @@ class EdgeStore:
                 else:
                     results = shard.query_batch(qe.QueryBatchRequest(requests))
         # Outside the lock: turning the rows into arrays is Python work that another query's engine call can overlap.
-        return [from_points(points, rows, _id_out) for points in results]
+        if not cached:
+            return [from_points(points, rows, _id_out) for points in results]
+        return self._cached_rows(physical, rows, results)
+
+    def _cached_rows(self, physical: str, name: str, results: list) -> list:
+        """Candidates for the engine's scored points, each with its `name` rows from the row cache; the rows
+        missing there are read in one engine call for all queries, decoded, and cached."""
+        from hark.store.candidates import from_points, pack_rows, with_rows
+
+        engine_ids = [[p.id for p in points] for points in results]
+        found = [self.row_cache.get(physical, name, ids) for ids in engine_ids]
+        missing = list(dict.fromkeys(pid for ids, arrays in zip(engine_ids, found, strict=True)
+                                     for pid, rows in zip(ids, arrays, strict=True) if rows is None))
+        decoded: dict[Any, Any] = {}
+        if missing:
+            with self._lock:
+                generation = self.row_cache.generation(physical)
+                with _engine_errors():
+                    records = self._shard(physical).retrieve(missing, False, [name])
+            per_point = [(r.id, r.vector.get(name) if isinstance(r.vector, dict) else None) for r in records]
+            flat = [row for _, value in per_point if value for row in value]
+            block = pack_rows(flat) if flat else None
+            start = 0
+            for pid, value in per_point:
+                count = len(value) if value else 0
+                decoded[pid] = block[start:start + count].copy() if count else _NO_ROWS
+                start += count
+            self.row_cache.put(physical, name, decoded.items(), generation)
+        out = []
+        for points, ids, arrays in zip(results, engine_ids, found, strict=True):
+            # A point deleted between the search and the read has no rows left: it is reranked as row-less.
+            per_candidate = [rows if rows is not None else decoded.get(pid) for pid, rows in zip(ids, arrays,
+                                                                                                 strict=True)]
+            out.append(with_rows(from_points(points, None, _id_out), per_candidate))
+        return out
 
     def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **_ignored: Any):
         import qdrant_edge as qe
@@ -599,7 +650,7 @@ class EdgeStore:
         op = (qe.UpdateOperation.delete_points(ids) if flt is None
               else qe.UpdateOperation.delete_points_by_filter(flt))
         with self._lock:
-            self._update(collection_name, op)
+            self._update(collection_name, op, ids)
         return _update_result()
 
     def set_payload(self, collection_name: str, payload: dict[str, Any], points: Any, key: str | None = None,
@@ -611,7 +662,7 @@ class EdgeStore:
         op = (qe.UpdateOperation.set_payload(ids, payload, key) if flt is None
               else qe.UpdateOperation.set_payload_by_filter(flt, payload, key))
         with self._lock:
-            self._update(collection_name, op)
+            self._update(collection_name, op, ())  # payloads are never cached
         return _update_result()
 
     # -- the index ---------------------------------------------------------------------------------------------
@@ -670,6 +721,9 @@ class EdgeStore:
             return False
         log.info("building the HNSW index of %s", collection_name)
         return self.optimize(collection_name)
+
+
+_NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # a cached point that has no stored rows
 
 
 # -- write-ahead log -------------------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """Micro-batching: concurrent requests share one text-encoder call.
 
-Requests hand their texts to one encoder thread. It takes the first waiting request, then collects more for
+Requests hand their texts to the encoder threads. One takes the first waiting request, then collects more for
 up to `wait_ms`, at most `max_batch` texts, but only while other queries are in flight (a lone query never
 waits), and encodes each bundle's texts in one call. Each request gets back its own rows. The encoder's
 cost per query falls with batch size (see benchmarks/serve.py and the settings' comments), so under load
 this buys throughput for a wait of a few milliseconds.
+
+Two encoder threads (`ENCODER_THREADS`), so a second call can start while one runs: with one, 4 concurrent
+clients left the 2 cores idle 22% of the time (an encoder call's parallel sections wait for their slowest
+thread, and the queries between calls are mostly one-core Python), and a second call in flight filled that:
+35.4 -> 38.8-39.7 requests/s at 4 clients, the lone query unchanged (benchmarks/README.md, serve).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 
 from ..encoders import TextBatch, TextEncoder
 
+ENCODER_THREADS = 2
+
 
 @dataclass
 class _Job:
@@ -28,11 +35,12 @@ class _Job:
 
 
 class TextBatcher:
-    def __init__(self, wait_ms: float, max_batch: int) -> None:
+    def __init__(self, wait_ms: float, max_batch: int, threads: int = ENCODER_THREADS) -> None:
         self.wait = max(0.0, wait_ms) / 1000
         self.max_batch = max(1, max_batch)
+        self.threads = max(1, threads)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._start_lock = threading.Lock()
         self._active = 0  # queries inside the query path now: more than the batch holds means more may come
         self._active_lock = threading.Lock()
@@ -57,17 +65,22 @@ class TextBatcher:
         return job.future.result()
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=5)
-            self._thread = None
+        with self._start_lock:
+            workers, self._workers = self._workers, []
+        for _ in workers:
+            self._queue.put(None)  # each worker takes one and stops
+        for worker in workers:
+            worker.join(timeout=5)
 
-    # -- the encoder thread --------------------------------------------------------------------------
+    # -- the encoder threads -------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="hark-text-batcher", daemon=True)
-                self._thread.start()
+            self._workers = [w for w in self._workers if w.is_alive()]
+            while len(self._workers) < self.threads:
+                worker = threading.Thread(target=self._loop, name=f"hark-text-batcher-{len(self._workers)}",
+                                          daemon=True)
+                worker.start()
+                self._workers.append(worker)
 
     def _loop(self) -> None:
         while True:
@@ -120,5 +133,6 @@ class TextBatcher:
         ids, mask = encoder.tokenizer.encode(texts)
         tokenize = time.perf_counter() - start
         sentence, tokens = encoder.session.run(None, {"input_ids": ids, "attention_mask": mask})
-        self.calls += 1
+        with self._active_lock:
+            self.calls += 1
         return TextBatch(np.asarray(sentence, dtype=np.float32), np.asarray(tokens, dtype=np.float32), mask), tokenize

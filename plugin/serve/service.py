@@ -42,6 +42,16 @@ class Metrics:
                                 registry=self.registry)
         self.errors = Counter("hark_errors_total", "Errors by kind", ["kind"], registry=self.registry)
 
+    def watch_row_cache(self, cache) -> None:
+        """Gauges read from the embedded store's row cache (`hark.store.rowcache`) at each scrape."""
+        from prometheus_client import Gauge
+
+        for key, doc in (("hits", "Candidates whose rerank rows came from the row cache"),
+                         ("misses", "Candidates whose rerank rows were read from the engine"),
+                         ("bytes", "Bytes of decoded rerank rows held by the row cache")):
+            Gauge(f"hark_row_cache_{key}", doc, registry=self.registry).set_function(
+                lambda key=key: cache.stats()[key])
+
     def observe(self, times: StageTimes, candidates: int, queries: int = 1) -> None:
         for stage, seconds in times.__dict__.items():
             self.stage.labels(stage).observe(seconds)
@@ -63,6 +73,8 @@ class Service:
         self.guard = ReadWriteGuard() if settings.embedded_qdrant else None
         self.keys = Keys(settings.api_key, settings.read_only_api_key)
         self.metrics = Metrics()
+        if getattr(self.client, "row_cache", None) is not None:
+            self.metrics.watch_row_cache(self.client.row_cache)
         self.media = MediaRoots(settings)
         self.batcher = TextBatcher(settings.query_batch_wait_ms, settings.query_batch_max)
         self.upstream = None
