@@ -85,12 +85,20 @@ def train(cfg: ModelConfig, data_dirs: Sequence[str | Path], out_dir: Path, devi
     return _run(cfg, factory, data_dirs, out_dir, device, resume, None, progress, stop_after_steps)
 
 
-def distill(init: Path, teachers: Sequence[Path], data_dirs: Sequence[str | Path], out_dir: Path,
+def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str | Path], out_dir: Path,
             overrides: Sequence[str] = (), device: str = "auto", resume: bool = True,
-            progress: bool = True) -> RunResult:
-    """Stage 2: the student starts from its stage-1 checkpoint and learns the teachers' averaged scores."""
-    student, _ = load_checkpoint(init)
-    cfg = student.cfg.with_overrides(list(overrides)) if overrides else student.cfg
+            progress: bool = True, config: ModelConfig | None = None) -> RunResult:
+    """Stage 2: the student starts from its stage-1 checkpoint (`init`) and learns the teachers' averaged
+    scores; with `init` None it starts from scratch as `config` describes (seeded like `train`), so that it can
+    be compared with the same config trained on the hard loss alone."""
+    if init is not None:
+        student, _ = load_checkpoint(init)
+        base = student.cfg
+    elif config is not None:
+        base = config
+    else:
+        raise ValueError("distill needs the student's stage-1 checkpoint or a config to start from scratch")
+    cfg = base.with_overrides(list(overrides)) if overrides else base
     dev = pick_device(device)
     members = [load_checkpoint(path)[0].to(dev) for path in teachers]
     for member in members:
