@@ -54,9 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from hark.training.run import distill
 
-    result = distill(Path(args.init), [Path(t) for t in args.teacher], args.data, Path(args.out),
-                     overrides=args.overrides, device=args.device, resume=not args.no_resume,
-                     progress=not args.quiet)
+    config = None
+    if args.config:
+        from hark.training.config import load_config
+
+        config = load_config(args.config)
+    result = distill(Path(args.init) if args.init else None, [Path(t) for t in args.teacher], args.data,
+                     Path(args.out), overrides=args.overrides, device=args.device, resume=not args.no_resume,
+                     progress=not args.quiet, config=config)
     summary = {"out": str(result.out_dir), "epochs": result.epochs_run, "best_val_mAP@10": result.best_metric}
     if args.json:
         print_json(summary)
@@ -164,8 +169,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("distill", help="fine-tune a student on an ensemble's scores (stage 2)",
                        description="Knowledge distillation: the student starts from its stage-1 checkpoint "
-                       "(--init) and learns the averaged predictions of the teachers.")
-    p.add_argument("--init", required=True, metavar="CKPT", help="the student's stage-1 checkpoint")
+                       "(--init), or from scratch as a named config describes (--config), and learns the averaged "
+                       "predictions of the teachers.")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--init", metavar="CKPT", help="the student's stage-1 checkpoint")
+    start.add_argument("--config", metavar="NAME_OR_JSON",
+                       help="train the student from scratch with this config (its seed, init and data order, as "
+                            "`hark train` would), on the teachers' targets")
     p.add_argument("--teacher", action="append", required=True, metavar="CKPT",
                    help="a teacher checkpoint; repeat for an ensemble")
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder")

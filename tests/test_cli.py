@@ -42,6 +42,9 @@ def test_console_script_runs():
     (["train", "tiny", "--data", ".", "--out", "OUT", "train.nope=1"], "no field 'nope'"),
     (["evaluate", "--data", ".", "--split", "evaluation"], "either --checkpoint"),
     (["bundle", "verify", "/no/such/bundle"], "bundle folder not found"),
+    (["distill", "--config", "no-such-config", "--teacher", "t.pt", "--data", ".", "--out", "OUT"], "no config named"),
+    (["distill", "--config", "tiny", "--teacher", "/no/such/teacher.pt", "--data", ".", "--out", "OUT"],
+     "/no/such/teacher.pt"),
 ])
 def test_bad_input_gives_one_error_line(capsys, tmp_path, argv, message):
     argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]

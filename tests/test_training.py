@@ -113,6 +113,31 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(small_corpus, 
         assert torch.allclose(a[key], b[key], atol=1e-5), key
 
 
+def test_a_student_from_scratch_differs_from_its_stage1_run_only_in_the_loss(small_corpus, tmp_path):
+    """`distill(None, ..., config=)` starts the student as `train` starts the same config (seed, init, data
+    order), so with the teachers' weight at 0 it reproduces the stage-1 run exactly: the from-scratch comparison
+    in benchmarks/distill.py isolates distillation. Without a checkpoint or a config it refuses."""
+    from hark.training.run import distill
+
+    overrides = ["train.epochs=1", "train.warmup_epochs=1", "train.batch_size=8", "train.pairs_per_epoch=audio"]
+    cfg = load_config("tiny", overrides)
+    hard = train(cfg, [small_corpus], tmp_path / "hard", device="cpu", progress=False)
+    teachers = [tmp_path / "hard" / "best.pt"]
+    again = distill(None, teachers, [small_corpus], tmp_path / "again", overrides=["train.kd_lambda=0.0"],
+                    device="cpu", progress=False, config=cfg)
+    assert again.epochs_run == hard.epochs_run == 2
+    a, b = _state(tmp_path / "hard" / "last.pt"), _state(tmp_path / "again" / "last.pt")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    soft = distill(None, teachers, [small_corpus], tmp_path / "soft", overrides=["train.kd_lambda=1.0"],
+                   device="cpu", progress=False, config=cfg)
+    assert soft.epochs_run == 2
+    c = _state(tmp_path / "soft" / "last.pt")
+    assert any(not torch.allclose(a[key], c[key], atol=1e-5) for key in a)  # the teachers' targets do change it
+    with pytest.raises(ValueError, match="stage-1 checkpoint or a config"):
+        distill(None, teachers, [small_corpus], tmp_path / "none", device="cpu", progress=False)
+
+
 def test_distillation_and_ensemble_evaluation(trained_run, corpus, tmp_path):
     from hark.training.model import load_checkpoint as load
     from hark.training.objectives import DistillationObjective
