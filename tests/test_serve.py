@@ -362,9 +362,45 @@ def test_a_second_encoder_call_runs_while_one_is_in_flight():
         with ThreadPoolExecutor(2) as pool:
             parts = list(pool.map(lambda t: batcher.encode(encoder, [t, t])[0], ["a", "b"]))
     finally:
+        workers = list(batcher._workers)
         batcher.close()
     assert batcher.calls == 2 and [p.sentence.shape for p in parts] == [(2, 4), (2, 4)]
-    assert not batcher._workers  # close stopped every encoder thread
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers)  # close stopped every encoder thread
+
+
+def test_a_request_queued_after_close_stopped_the_encoder_threads_is_still_answered(monkeypatch):
+    """A request that found the workers alive, then queued its texts after a concurrent `close` had stopped them,
+    gets its rows (it used to wait forever)."""
+    from types import SimpleNamespace
+
+    from hark.plugin.serve import batcher as batching
+
+    monkeypatch.setattr(batching, "STRANDED_CHECK_S", 0.05)
+    encoder = SimpleNamespace(
+        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
+                                                         np.ones((len(texts), 3), np.int64))),
+        session=SimpleNamespace(run=lambda _o, feeds: (np.ones((feeds["input_ids"].shape[0], 4), np.float32),
+                                                       np.ones((feeds["input_ids"].shape[0], 3, 4), np.float32))))
+    batcher = batching.TextBatcher(wait_ms=1, max_batch=8)
+    batcher._ensure_thread()
+    batcher.close()
+    real = batcher._ensure_thread
+    skipped = []
+
+    def raced_once():  # the check ran before close() stopped the workers
+        if not skipped:
+            skipped.append(True)
+            return None
+        return real()
+
+    batcher._ensure_thread = raced_once
+    answered = []
+    caller = threading.Thread(target=lambda: answered.append(batcher.encode(encoder, ["a dog"])[0]), daemon=True)
+    caller.start()
+    caller.join(timeout=10)
+    batcher._ensure_thread = real
+    batcher.close()
+    assert answered and answered[0].sentence.shape == (1, 4)
 
 
 def test_search_route_reports_its_own_timings_and_metrics(http):

@@ -14,8 +14,8 @@ from qdrant_client.http import models
 
 from hark.settings import Settings, SettingsError
 from hark.store import connect, query_candidates
-from hark.store.edge import EdgeStore
-from hark.store.rowcache import RowCache
+from hark.store.edge import EdgeStore, NotFoundError
+from hark.store.rowcache import ENTRY_OVERHEAD, RowCache
 
 DIM, WIDTH = 8, 4
 
@@ -33,7 +33,7 @@ def _rows(n: int, value: float) -> np.ndarray:
 
 # -- the cache on its own ----------------------------------------------------------------------------------------
 def test_least_recently_used_rows_go_first_within_the_byte_budget():
-    entry = _rows(2, 1.0).nbytes + 112
+    entry = _rows(2, 1.0).nbytes + ENTRY_OVERHEAD
     cache = RowCache(3 * entry)
     gen = cache.generation("c")
     assert cache.put("c", "t", [(1, _rows(2, 1.0)), (2, _rows(2, 2.0)), (3, _rows(2, 3.0))], gen)
@@ -68,7 +68,7 @@ def test_invalidate_by_ids_and_whole_collections():
     assert cache.get("c", "t", [2])[0] is not None and cache.get("d", "t", [1])[0] is not None
     cache.invalidate("c")
     assert cache.get("c", "t", [2]) == [None] and cache.get("d", "t", [1])[0] is not None
-    assert cache.nbytes == _rows(1, 0).nbytes + 112
+    assert cache.nbytes == _rows(1, 0).nbytes + ENTRY_OVERHEAD
 
 
 def test_a_cache_of_size_zero_keeps_nothing():
@@ -169,6 +169,53 @@ def test_writes_through_the_store_never_leave_stale_rows(tmp_path):
         assert store.row_cache.stats()["entries"] == entries
         (tagged,) = query_candidates(store, "c", query, "global", 60, rows="tokens")
         assert tagged.payloads[tagged.ids.index(points[1].id)]["tag"] == "x"
+    finally:
+        store.close()
+
+
+def test_rows_read_before_a_write_are_not_cached_after_it(tmp_path):
+    """The write lands between a query's engine read and its `put`: the rows it read are dropped, so the next
+    query reads the new ones."""
+    store = EdgeStore(tmp_path / "s")
+    try:
+        points = _fill(store)
+        query = np.asarray(points[5].vector["global"], np.float32)[None]
+        real_put = store.row_cache.put
+
+        def put_after_a_write(*args, **kwargs):
+            store.row_cache.put = real_put  # once
+            store.upsert("c", [models.PointStruct(id=points[5].id, payload=points[5].payload, vector={
+                "global": points[5].vector["global"], "tokens": [[7.0] * WIDTH]})])
+            return real_put(*args, **kwargs)
+
+        store.row_cache.put = put_after_a_write
+        (before,) = query_candidates(store, "c", query, "global", 60, rows="tokens")
+        assert store.row_cache.stats()["entries"] == 0  # the whole read was dropped
+        assert before.rows_of(before.ids.index(points[5].id)).shape[0] == 1  # it saw the old rows (5 % 4 = 1)
+        (after,) = query_candidates(store, "c", query, "global", 60, rows="tokens")
+        np.testing.assert_array_equal(after.rows_of(after.ids.index(points[5].id)), _rows(1, 7.0))
+    finally:
+        store.close()
+
+
+def test_a_collection_deleted_between_search_and_row_read_is_not_found(tmp_path):
+    store = EdgeStore(tmp_path / "s")
+    try:
+        points = _fill(store)
+        store.create_collection("d", vectors_config=VECTORS)
+        query = np.asarray(points[5].vector["global"], np.float32)[None]
+        real_get = store.row_cache.get
+
+        def get_after_a_swap(*args, **kwargs):
+            # "c" is deleted and an alias of that name now points at "d": the rows must not come from "d".
+            store.delete_collection("c")
+            store.update_collection_aliases([models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name="d", alias_name="c"))])
+            return real_get(*args, **kwargs)
+
+        store.row_cache.get = get_after_a_swap
+        with pytest.raises(NotFoundError, match="`c` doesn't exist"):
+            query_candidates(store, "c", query, "global", 10, rows="tokens")
     finally:
         store.close()
 

@@ -608,9 +608,9 @@ class EdgeStore:
         # Outside the lock: turning the rows into arrays is Python work that another query's engine call can overlap.
         if not cached:
             return [from_points(points, rows, _id_out) for points in results]
-        return self._cached_rows(physical, rows, results)
+        return self._cached_rows(collection_name, physical, rows, results)
 
-    def _cached_rows(self, physical: str, name: str, results: list) -> list:
+    def _cached_rows(self, collection_name: str, physical: str, name: str, results: list) -> list:
         """Candidates for the engine's scored points, each with its `name` rows from the row cache; the rows
         missing there are read in one engine call for all queries, decoded, and cached."""
         from hark.store.candidates import from_points, pack_rows, with_rows
@@ -622,6 +622,10 @@ class EdgeStore:
         decoded: dict[Any, Any] = {}
         if missing:
             with self._lock:
+                self._check_open()
+                # The very collection that was searched, never what an alias of its name might point at by now.
+                if not self._is_collection(physical):
+                    raise CollectionNotFoundError(f"Collection `{collection_name}` doesn't exist!")
                 generation = self.row_cache.generation(physical)
                 with _engine_errors():
                     records = self._shard(physical).retrieve(missing, False, [name])

@@ -25,6 +25,9 @@ import numpy as np
 from ..encoders import TextBatch, TextEncoder
 
 ENCODER_THREADS = 2
+# A waiting request checks this often that encoder threads are alive: a `close` that raced it may have stopped them
+# after it queued its texts.
+STRANDED_CHECK_S = 1.0
 
 
 @dataclass
@@ -41,6 +44,7 @@ class TextBatcher:
         self.threads = max(1, threads)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
+        self._started = 0  # encoder threads ever started (their names)
         self._start_lock = threading.Lock()
         self._active = 0  # queries inside the query path now: more than the batch holds means more may come
         self._active_lock = threading.Lock()
@@ -62,7 +66,11 @@ class TextBatcher:
         self._ensure_thread()
         job = _Job(encoder, list(texts))
         self._queue.put(job)
-        return job.future.result()
+        while True:
+            try:
+                return job.future.result(timeout=STRANDED_CHECK_S)
+            except TimeoutError:
+                self._ensure_thread()
 
     def close(self) -> None:
         with self._start_lock:
@@ -77,8 +85,8 @@ class TextBatcher:
         with self._start_lock:
             self._workers = [w for w in self._workers if w.is_alive()]
             while len(self._workers) < self.threads:
-                worker = threading.Thread(target=self._loop, name=f"hark-text-batcher-{len(self._workers)}",
-                                          daemon=True)
+                self._started += 1
+                worker = threading.Thread(target=self._loop, name=f"hark-text-batcher-{self._started}", daemon=True)
                 worker.start()
                 self._workers.append(worker)
 
