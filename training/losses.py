@@ -50,7 +50,11 @@ class DistillationLoss(nn.Module):
         self.kd_lambda = kd_lambda
         self.hard = NTXentLoss(tau)
 
-    def forward(self, scores: torch.Tensor, teacher_scores: torch.Tensor, audio_ids: list[str]) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, teacher_scores: torch.Tensor | None, audio_ids: list[str]) -> torch.Tensor:
+        if self.kd_lambda <= 0:
+            return self.hard(scores, audio_ids)
+        if teacher_scores is None:
+            raise ValueError("distillation with kd_lambda > 0 needs the teachers' scores")
         logits = scores / self.tau
         teacher = teacher_scores.detach() / self.tau
         soft = 0.5 * (soft_cross_entropy(logits, F.softmax(teacher, dim=-1))
