@@ -220,7 +220,7 @@ class EdgeStore:
         short during a long ingest. `vectors_of`: the engine ids whose vectors the write may change (None: any
         point's), dropped from the row cache first."""
         physical = self._resolve(collection_name)
-        shard = self._shard(physical)
+        shard = self._open(physical)
         self.row_cache.invalidate(physical, vectors_of)
         shard.update(op)
         self._dirty.add(physical)
@@ -275,9 +275,12 @@ class EdgeStore:
 
     def _shard(self, name: str):
         """The open engine shard for a collection or alias (opened on first use)."""
+        return self._open(self._resolve(name))
+
+    def _open(self, physical: str):
+        """The open engine shard of a collection already resolved (`_resolve` re-reads the alias file)."""
         import qdrant_edge as qe
 
-        physical = self._resolve(name)
         shard = self._shards.get(physical)
         if shard is None:
             try:
@@ -372,8 +375,8 @@ class EdgeStore:
 
 
         with self._lock:
-            shard = self._shard(collection_name)
             physical = self._resolve(collection_name)
+            shard = self._open(physical)
             info = shard.info()
             stored = json.loads((self._collection_dir(physical) / "edge_config.json").read_text())
         vectors = {name: _stored_vector_params(spec) for name, spec in stored.get("vectors", {}).items()}
@@ -595,7 +598,7 @@ class EdgeStore:
             return []
         with self._lock:
             physical = self._resolve(collection_name)
-            shard = self._shard(physical)
+            shard = self._open(physical)
             params = _search_params(None, limit, shard.info().points_count)
             requests = [qe.QueryRequest(limit=limit, offset=0, query=qe.Query.Nearest(v, using=using),
                                         with_vector=with_vector, with_payload=True, filter=edge_filter, params=params)
@@ -628,7 +631,7 @@ class EdgeStore:
                     raise CollectionNotFoundError(f"Collection `{collection_name}` doesn't exist!")
                 generation = self.row_cache.generation(physical)
                 with _engine_errors():
-                    records = self._shard(physical).retrieve(missing, False, [name])
+                    records = self._open(physical).retrieve(missing, False, [name])
             per_point = [(r.id, r.vector.get(name) if isinstance(r.vector, dict) else None) for r in records]
             flat = [row for _, value in per_point if value for row in value]
             block = pack_rows(flat) if flat else None
@@ -703,7 +706,7 @@ class EdgeStore:
         try:
             with self._lock:
                 physical = self._resolve(collection_name)
-                self._shard(physical)
+                self._open(physical)
                 files = _on_disk_files(self._collection_dir(physical))
             budget = int(_available_memory() * max_share)
             self.prewarm_report = report = warm_files(files, budget, stop=lambda: self.closed)
