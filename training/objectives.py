@@ -122,8 +122,9 @@ class DistillationObjective:
         return torch.stack(members).mean(0)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        # At kd_lambda 0 (the hard-loss baseline of a distillation comparison) the teachers' scores are unused:
-        # skipping them made that baseline's epochs 4x cheaper with three teachers.
+        # At kd_lambda 0 (the hard-loss baseline of a distillation comparison) the teachers' scores are unused. With
+        # three tiny teachers that baseline's epochs took 250 s against about 60 s for the same epoch in `train`
+        # (benchmarks/README.md, distillation), which is what it costs without them.
         teacher = self.teacher_scores(batch).to(self.model.device) if self.loss.kd_lambda > 0 else None
         scores = _encode(self.model, batch)
         losses = {name: self.loss(s.float(), teacher, clip_keys(batch)) for name, s in scores.items()}
