@@ -185,6 +185,22 @@ with tempfile.TemporaryDirectory() as tmp:
             while done < count:
                 done += len(audio.encode_windows(wave, with_moments=False))
             ingest[f"{dev}_{prec}"]["clips_per_s_without_moments"] = round(done / (time.perf_counter() - start), 2)
+        if dev == "cuda" or mode == "--dry-run":
+            # The device's curve for AudioEncoder.batch_segments (moments run 4x as many sub-windows a call):
+            # 32 windows a call fill the largest batch; the warm-up call meets every shape the timed calls use.
+            many, sweep = wave * 4, {}
+            for size in (8, 16, 32, 64):
+                audio.batch_segments = size
+                audio.encode_windows(many)
+                row = {}
+                for moments in (True, False):
+                    start, done = time.perf_counter(), 0
+                    while done < 2 * count:
+                        done += len(audio.encode_windows(many, with_moments=moments))
+                    row["with_moments" if moments else "without_moments"] = round(
+                        done / (time.perf_counter() - start), 2)
+                sweep[str(size)] = row
+            ingest[f"{dev}_{prec}"]["by_batch_segments"] = sweep
         del audio
     result["ingest"] = next(iter(ingest.values())) if len(ingest) == 1 else ingest
     if len(ingest) == 2:

@@ -254,7 +254,8 @@ def main() -> None:
     print(f"serve benchmark: POST /search, K={args.candidates}, {args.clips} clips (embedded: {store}), int8 text "
           f"encoder ({'2 layers, quick' if args.quick else '24 layers'}), {seconds:.0f} s per concurrency, "
           f"clients in {'a second process' if args.clients == 'process' else 'the server process'}, "
-          f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max}, ONNX Runtime intra-op "
+          f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max or 'by device'}, "
+          f"ONNX Runtime intra-op "
           f"threads {settings.ort_threads or 'all cores'}, row cache "
           f"{f'{cache.max_bytes / 2**20:.0f} MiB' if cache is not None and cache.enabled else 'off'}, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -62,11 +62,12 @@ class Settings:
     # Folders (and remote URI prefixes such as s3://bucket/audio/) that `/audio/{id}` may serve sources from,
     # separated by ";" (or the OS path separator when no entry is a URI); empty means where audio was ingested from.
     media_roots: str = ""
-    # Concurrent queries wait this many milliseconds to share one text-encoder call, up to this many per call.
-    # Measured int8 RoBERTa-large on 2 CPU cores: 75 ms per query alone, 24 ms at 4 per call, 20 ms at 8,
-    # 18 ms at 16; a lone query never waits.
+    # Concurrent queries wait this many milliseconds to share one text-encoder call, up to this many per call
+    # (0: by device, 32 on CUDA and 8 on the CPU; see hark.plugin.encoders.TEXT_BATCH). Measured int8
+    # RoBERTa-large on 2 CPU cores: 75 ms per query alone, 24 ms at 4 per call, 20 ms at 8, 18 ms at 16; on an
+    # H200 (fp16) 7.8 ms a call at 1 query and 9.4 ms at 32. A lone query never waits.
     query_batch_wait_ms: float = 2.0
-    query_batch_max: int = 8
+    query_batch_max: int = 0
     # ONNX Runtime threads per session; 0 lets ONNX Runtime use every core of the machine.
     ort_threads: int = 0
     # MiB of decoded rerank rows the embedded store keeps for repeated candidates (0 turns the cache off): without
@@ -125,11 +126,12 @@ class Settings:
     def validate(self) -> None:
         if self.device not in {"auto", "cpu", "cuda"}:
             raise SettingsError(f"HARK_DEVICE must be auto, cpu or cuda, not {self.device!r}")
-        for name in ("batch_files", "max_body_bytes", "max_json_depth", "query_batch_max"):
+        for name in ("batch_files", "max_body_bytes", "max_json_depth"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1")
-        if self.query_batch_wait_ms < 0 or self.ort_threads < 0 or self.row_cache_mb < 0:
-            raise SettingsError("HARK_QUERY_BATCH_WAIT_MS, HARK_ORT_THREADS and HARK_ROW_CACHE_MB cannot be negative")
+        if self.query_batch_wait_ms < 0 or self.query_batch_max < 0 or self.ort_threads < 0 or self.row_cache_mb < 0:
+            raise SettingsError("HARK_QUERY_BATCH_WAIT_MS, HARK_QUERY_BATCH_MAX, HARK_ORT_THREADS and "
+                                "HARK_ROW_CACHE_MB cannot be negative")
 
     @property
     def embedded_qdrant(self) -> bool:

@@ -15,6 +15,19 @@ import numpy as np
 from hark.bundle import Bundle
 from hark.moments import quantize
 
+# Batch sizes by where a session runs, from benchmarks/gpu.sh on an H200 (report-size model; benchmarks/README.md,
+# gpu). The RoBERTa-large-size text encoder costs 7.8 ms a call at 1 query and 9.4 ms at 32 on CUDA, so there a
+# call should take all the queries it can; on the CPU the cost grows with the batch (44 ms at 1, 220 ms at 8), and
+# 8 keeps a batch's latency bounded. The audio encoder on CUDA (32 windows a call): batch_segments 8 / 16 / 32 / 64
+# gave 43 / 77 / 86 / 72 windows/s with moments and 166 / 188 / 201 / 142 without.
+TEXT_BATCH = {"cuda": 32, "cpu": 8}
+AUDIO_BATCH_SEGMENTS = {"cuda": 32, "cpu": 8}
+
+
+def runs_on(session) -> str:
+    """"cuda" when ONNX Runtime put the session on the CUDA provider, else "cpu"."""
+    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
 
 @dataclass
 class TextBatch:
@@ -37,6 +50,8 @@ class TextEncoder:
         self.bundle = bundle
         self.session = bundle.session("text", device, precision)
         self.tokenizer = bundle.tokenizer
+        # Most queries one call should take when callers may choose (hark serve's micro-batcher).
+        self.preferred_batch = TEXT_BATCH[runs_on(self.session)]
 
     def encode(self, texts: Sequence[str]) -> TextBatch:
         if isinstance(texts, str):
@@ -58,11 +73,11 @@ def split_segments(wave: np.ndarray, segment_samples: int, max_segments: int) ->
 
 class AudioEncoder:
     def __init__(self, bundle: Bundle, device: str = "auto", precision: str | None = None,
-                 batch_segments: int = 8) -> None:
+                 batch_segments: int | None = None) -> None:
         self.bundle = bundle
         self.audio = bundle.session("audio", device, precision)
         self.clip = bundle.session("clip", device)
-        self.batch_segments = batch_segments
+        self.batch_segments = batch_segments or AUDIO_BATCH_SEGMENTS[runs_on(self.audio)]
         self.segment_samples = bundle.segment_samples
         self.max_segments = bundle.max_segments
         self.moment_spec = bundle.moments

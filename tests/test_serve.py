@@ -337,6 +337,54 @@ def test_batcher_merges_concurrent_requests_into_one_encoder_call(stack):
         np.testing.assert_allclose(part.sentence[0], alone.sentence[i], atol=0.05)
 
 
+@pytest.mark.parametrize("preferred", [2, 6])
+def test_batcher_without_a_cap_takes_the_encoders_preferred_batch(preferred):
+    """HARK_QUERY_BATCH_MAX 0 (the default): each call holds at most the encoder's `preferred_batch` queries
+    (32 on CUDA, 8 on the CPU), so the same setting suits either device."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from hark.plugin.serve.batcher import TextBatcher
+
+    sizes = []
+
+    def run(_outputs, feeds):
+        n = feeds["input_ids"].shape[0]
+        sizes.append(n)
+        return np.ones((n, 4), np.float32), np.ones((n, 3, 4), np.float32)
+
+    encoder = SimpleNamespace(
+        preferred_batch=preferred, session=SimpleNamespace(run=run),
+        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
+                                                         np.ones((len(texts), 3), np.int64))))
+    batcher = TextBatcher(wait_ms=300, max_batch=0)
+    texts = [f"sound {i}" for i in range(6)]
+    for _ in texts:
+        batcher.enter()
+    try:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            parts = list(pool.map(lambda t: batcher.encode(encoder, [t])[0], texts))
+    finally:
+        for _ in texts:
+            batcher.leave()
+        batcher.close()
+    assert [p.sentence.shape for p in parts] == [(1, 4)] * 6 and sum(sizes) == 6
+    assert max(sizes) <= preferred and max(sizes) > 1  # merged, never past the encoder's batch
+
+
+def test_encoders_choose_their_batches_by_provider(stack):
+    from types import SimpleNamespace
+
+    from hark.plugin.encoders import AUDIO_BATCH_SEGMENTS, TEXT_BATCH, AudioEncoder, runs_on
+
+    service = stack["app"].state.service
+    assert service.search.text.preferred_batch == TEXT_BATCH["cpu"] == 8  # no GPU in the tests' machines
+    assert AudioEncoder(service.search.bundle, "cpu").batch_segments == AUDIO_BATCH_SEGMENTS["cpu"]
+    assert AudioEncoder(service.search.bundle, "cpu", batch_segments=3).batch_segments == 3
+    cuda = SimpleNamespace(get_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert runs_on(cuda) == "cuda" and TEXT_BATCH["cuda"] == AUDIO_BATCH_SEGMENTS["cuda"] == 32
+
+
 def test_a_second_encoder_call_runs_while_one_is_in_flight():
     """Two requests that do not share a call are encoded at the same time (each call here waits for the other
     at a barrier: with one encoder thread the second call would start only after the first, which never ends)."""

@@ -26,6 +26,7 @@ def test_environment_beats_toml_beats_defaults(tmp_path):
     ({"HARK_DEVICE": "tpu"}, "HARK_DEVICE"),
     ({"HARK_BATCH_FILES": "many"}, "HARK_BATCH_FILES"),
     ({"HARK_BATCH_FILES": "0"}, "at least 1"),
+    ({"HARK_QUERY_BATCH_MAX": "-1"}, "cannot be negative"),
 ])
 def test_bad_settings_are_named(tmp_path, env, message):
     with pytest.raises(SettingsError, match=message):

@@ -38,9 +38,10 @@ class _Job:
 
 
 class TextBatcher:
-    def __init__(self, wait_ms: float, max_batch: int, threads: int = ENCODER_THREADS) -> None:
+    def __init__(self, wait_ms: float, max_batch: int | None = None, threads: int = ENCODER_THREADS) -> None:
+        """`max_batch` None (or 0): each encoder's own `preferred_batch` (32 on CUDA, 8 on the CPU)."""
         self.wait = max(0.0, wait_ms) / 1000
-        self.max_batch = max(1, max_batch)
+        self.max_batch = max(1, max_batch) if max_batch else None
         self.threads = max(1, threads)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
@@ -97,8 +98,9 @@ class TextBatcher:
                 return
             jobs = [first]
             count = len(first.texts)
+            cap = self.max_batch or first.encoder.preferred_batch
             deadline = time.perf_counter() + self.wait
-            while count < self.max_batch:
+            while count < cap:
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
