@@ -5,7 +5,8 @@ an 800-sample Hann window padded to n_fft, power spectrum, Kaldi mel banks, log,
 - the mel matrix is a buffer built once, so it travels into an exported graph as a constant;
 - `dft_conv=True` replaces torch.stft by a strided convolution with the DFT basis, which exports to
   plain ONNX Conv and runs on every execution provider. Training uses the FFT path (faster).
-Augmentation (SpecAugment-style masking) is applied by the caller in training only.
+Augmentation (SpecAugment-style masking) is applied by the caller in training only, as a forward hook on
+`log` (the last step, shared by the waveform path and the cached-power path of `train.mel_cache`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ def kaldi_mel_matrix(cfg: AudioConfig) -> torch.Tensor:
     return nn.functional.pad(banks, (0, 1)).float()
 
 
+class LogMel(nn.Module):
+    """Mel power -> PaSST's normalised log mel."""
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return (torch.log(mel + 1e-5) + 4.5) / 5.0
+
+
 class MelFrontEnd(nn.Module):
     def __init__(self, cfg: AudioConfig, dft_conv: bool = False) -> None:
         super().__init__()
+        self.log = LogMel()
         self.n_fft = cfg.n_fft
         self.hop = cfg.hop_length
         self.win_length = cfg.win_length
@@ -50,6 +59,11 @@ class MelFrontEnd(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """[B, T] waveform at the configured rate -> [B, n_mels, frames] normalised log mel."""
+        return self.log(self.power(wave))
+
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B, T] waveform -> [B, n_mels, frames] mel power (before the log): linear in the signal's power, so
+        a gain g scales it by g^2 and frame f covers samples around f * hop_length."""
         x = wave[:, 1:] - 0.97 * wave[:, :-1]
         if self.dft_conv:
             pad = self.n_fft // 2
@@ -62,5 +76,4 @@ class MelFrontEnd(nn.Module):
                               window=self.window, center=True, normalized=False, return_complex=True)
             power = spec.real**2 + spec.imag**2
         with torch.autocast(device_type=power.device.type, enabled=False):
-            mel = torch.matmul(self.mel, power.float())
-        return (torch.log(mel + 1e-5) + 4.5) / 5.0
+            return torch.matmul(self.mel, power.float())

@@ -7,6 +7,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class SpecMasker:
-    """SpecAugment-style masking as a forward hook on the mel front end, in training mode only.
+    """SpecAugment-style masking as a forward hook on the mel front end's log step, in training mode only.
 
     Each segment's [n_mels, frames] image gets `freq_masks` bands of up to `freq_width` mel bins and
     `time_masks` spans of up to `time_width` frames set to zero (about the normalised mel's mean). The masks
@@ -66,6 +67,18 @@ class SpecMasker:
         drop = self._mask(n_mels, rows, *self.freq, mel.device)[:, :, None]
         drop = drop | self._mask(frames, rows, *self.time, mel.device)[:, None, :]
         return mel.masked_fill(drop, 0.0)
+
+
+class ClipPower:
+    """A whole clip's mel power on the CPU, for `train.mel_cache` (a copy of the front end: picklable for
+    DataLoader workers, and off the GPU that trains)."""
+
+    def __init__(self, frontend: torch.nn.Module) -> None:
+        self.frontend = copy.deepcopy(frontend).cpu().eval()
+
+    def __call__(self, wave: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return self.frontend.power(torch.from_numpy(wave)[None])[0]
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -186,8 +199,12 @@ class Trainer:
                              "lower train.batch_size or add data")
         self.dataset = AudioCaptionDataset(items, train=True, crop_seconds=cfg.crop_seconds,
                                            sample_rate=model.cfg.audio.sample_rate, seed=cfg.seed,
-                                           cache_size=len(train_examples) if cfg.cache_audio else 0,
-                                           augment=Augment(cfg.gain_db, cfg.shift_seconds, cfg.word_dropout))
+                                           # With mel_cache the power is kept instead of the audio.
+                                           cache_size=len(train_examples) if cfg.cache_audio and not cfg.mel_cache
+                                           else 0,
+                                           augment=Augment(cfg.gain_db, cfg.shift_seconds, cfg.word_dropout),
+                                           mel=ClipPower(model.audio.frontend) if cfg.mel_cache else None,
+                                           hop=model.audio.hop)
         self.spec_masker = SpecMasker(cfg.spec_freq_masks, cfg.spec_freq_width, cfg.spec_time_masks,
                                       cfg.spec_time_width)
         self.sampler = EpochBatches(len(items), cfg.batch_size, cfg.seed)
@@ -276,7 +293,7 @@ class Trainer:
 
     def fit(self) -> RunResult:
         # The hook is only attached while fitting, so the trained model object carries no augmentation.
-        hook = (self.model.audio.frontend.register_forward_hook(self.spec_masker)
+        hook = (self.model.audio.frontend.log.register_forward_hook(self.spec_masker)
                 if self.spec_masker.active else None)
         try:
             return self._fit()

@@ -68,6 +68,10 @@ class RetrievalModel(nn.Module):
         segments, mask = self.audio(wave, lengths)
         return self.audio_heads(segments, mask)
 
+    def encode_audio_power(self, power: torch.Tensor, frames: torch.Tensor) -> AudioEncoding:
+        """`encode_audio` from cached mel power (`train.mel_cache`; see AudioTower.forward_power)."""
+        return self.audio_heads(*self.audio.forward_power(power, frames))
+
     def audio_heads(self, segments: torch.Tensor, mask: torch.Tensor) -> AudioEncoding:
         glob = self.cosine.audio(segments, mask) if self.cosine is not None else None
         state = self.attention.audio_state(segments, mask) if self.attention is not None else None

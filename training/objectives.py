@@ -24,7 +24,10 @@ def clip_keys(batch: dict[str, Any]) -> list[str]:
 
 def _encode_both(model: RetrievalModel, batch: dict[str, Any]):
     device = model.device
-    audio = model.encode_audio(batch["waveform"].to(device), batch["lengths"].to(device))
+    if "mel_power" in batch:  # train.mel_cache: the front end ran once per clip, in the dataset
+        audio = model.encode_audio_power(batch["mel_power"].to(device), batch["frames"].to(device))
+    else:
+        audio = model.encode_audio(batch["waveform"].to(device), batch["lengths"].to(device))
     text = model.encode_captions(batch["captions"])
     return model.head_scores(text, audio), audio
 

@@ -103,6 +103,13 @@ def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str
     members = [load_checkpoint(path)[0].to(dev) for path in teachers]
     for member in members:
         member.requires_grad_(False)
+    if cfg.train.mel_cache:  # the teachers read the student's cached power: it must be theirs too
+        fields = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax")
+        mine = [getattr(cfg.audio, f) for f in fields]
+        for path, member in zip(teachers, members, strict=True):
+            if [getattr(member.cfg.audio, f) for f in fields] != mine:
+                raise ValueError(f"teacher {path} has another mel front end than the student; distill without "
+                                 "train.mel_cache")
 
     def factory(model: RetrievalModel) -> DistillationObjective:
         return DistillationObjective(model, members, model.cfg.train.tau, model.cfg.train.kd_lambda)

@@ -387,10 +387,13 @@ class AudioTower(nn.Module):
 
     def embed_segments(self, segments: torch.Tensor) -> torch.Tensor:
         """[S, segment_samples] -> [S, dim]."""
+        return self.embed_mels(self.frontend(segments))
+
+    def embed_mels(self, mel: torch.Tensor) -> torch.Tensor:
+        """[S, n_mels, frames] normalised log mel of whole segments -> [S, dim]."""
         # 10 s give 1000 frames; the patch grid covers the same columns of 998 (PaSST's size). Longer
         # positional embeddings (20 s, 30 s releases) are cut to the segment by PaSST itself.
-        mel = self.frontend(segments)[:, :, :self.cfg.frames]
-        feats = self.net.forward_features(mel[:, None])
+        feats = self.net.forward_features(mel[:, None, :, :self.cfg.frames])
         if isinstance(feats, tuple):
             return (feats[0] + feats[1]) / 2
         return feats
@@ -414,6 +417,29 @@ class AudioTower(nn.Module):
         out = segments.new_zeros(mask.shape[0], mask.shape[1], self.dim)
         # Only segments that hold audio go through the transformer.
         out[mask] = self.embed_segments(segments[mask]).to(out.dtype)
+        return out, mask
+
+    @property
+    def hop(self) -> int:
+        return self.frontend.hop
+
+    def forward_power(self, power: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` from mel power instead of the waveform (`train.mel_cache`): [B, n_mels, F] frames of a
+        clip's whole-clip `frontend.power`, `frames` [B] valid frames each. Segment m is frames
+        [m * seg, m * seg + seg) with seg = segment_samples // hop, the frames the waveform path computes for
+        it, except the first two of each later segment, which see the previous segment's samples here where the
+        waveform path pads by reflection (tests/test_melcache.py bounds the difference)."""
+        seg = self.segment_samples // self.hop
+        count = min(self.cfg.max_segments, max(1, math.ceil(power.shape[2] / seg)))
+        total = count * seg
+        if power.shape[2] < total:
+            power = nn.functional.pad(power, (0, total - power.shape[2]))
+        power = power[:, :, :total].reshape(power.shape[0], power.shape[1], count, seg).transpose(1, 2)
+        starts = torch.arange(count, device=frames.device) * seg
+        mask = starts[None, :] < frames[:, None]
+        mask[:, 0] = True
+        out = power.new_zeros(mask.shape[0], count, self.dim)
+        out[mask] = self.embed_mels(self.frontend.log(power[mask])).to(out.dtype)
         return out, mask
 
 

@@ -9,9 +9,10 @@ so a bad file is reported at most once per worker.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,11 @@ class AudioCaptionDataset(Dataset):
     per audio file with all of its captions and the whole clip. Randomness depends on (seed, epoch,
     index) only, so it is reproducible and independent of worker scheduling; call `set_epoch` each epoch
     for fresh crops and captions.
+
+    With `mel` (a whole clip's waveform -> its mel power, `MelFrontEnd.power`; `train.mel_cache`), training
+    items carry `mel_power` [n_mels, frames] instead of the waveform: each clip's power is computed once and
+    kept (bfloat16), and crops, gain and delay are cut from it: crops and delays in whole hops, the gain as
+    g^2 on the power. The front end was 84% of a tiny model's CPU training step (benchmarks/README.md).
     """
 
     def __init__(
@@ -68,8 +74,13 @@ class AudioCaptionDataset(Dataset):
         seed: int = 0,
         cache_size: int = 0,
         augment: Augment | None = None,
+        mel: Callable[[np.ndarray], torch.Tensor] | None = None,
+        hop: int = 320,
     ) -> None:
         self.examples = list(examples)
+        self.mel = mel if train else None
+        self.hop = hop
+        self._powers: dict[str, tuple[torch.Tensor, int]] = {}  # path -> (bfloat16 power, length in samples)
         self.augment = augment or Augment()
         self.train = train
         self.crop_samples = round(crop_seconds * sample_rate) if crop_seconds else None
@@ -110,7 +121,45 @@ class AudioCaptionDataset(Dataset):
                 self._cache.popitem(last=False)
         return audio
 
+    def _load_power(self, index: int) -> tuple[torch.Tensor, int] | None:
+        key = str(self.examples[index].audio_path)
+        if key not in self._powers:
+            audio = self._load(index)
+            if audio is None:
+                return None
+            # bfloat16 keeps float32's range (float16 overflows on loud clips) at half the memory; its
+            # 0.4% relative error is 0.0008 after the log and PaSST's scaling.
+            power = self.mel(np.ascontiguousarray(audio, dtype=np.float32)).to(torch.bfloat16)
+            self._powers[key] = (power, len(audio))
+        return self._powers[key]
+
+    def _mel_item(self, index: int) -> dict | None:
+        loaded = self._load_power(index)
+        if loaded is None:
+            return None
+        power, length = loaded
+        example = self.examples[index]
+        rng = self._rng(index)
+        if self.crop_samples and length > self.crop_samples:
+            start = int(rng.integers(0, (length - self.crop_samples) // self.hop + 1))
+            frames = power[:, start:start + self.crop_samples // self.hop]
+        else:
+            frames = power[:, :math.ceil(length / self.hop)]
+        captions = [example.captions[int(rng.integers(len(example.captions)))]]
+        frames = frames.float()
+        aug = self.augment
+        if aug.gain_db:  # the waveform path's draws, in its order
+            frames = frames * float(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20)) ** 2
+        if aug.shift_seconds:
+            delay = int(rng.uniform(0, aug.shift_seconds) * self.sample_rate) // self.hop
+            frames = torch.nn.functional.pad(frames, (delay, 0))
+        if aug.word_dropout:
+            captions = [drop_words(c, aug.word_dropout, rng) for c in captions]
+        return {"mel_power": frames, "captions": captions, "audio_id": example.audio_id, "source": example.source}
+
     def __getitem__(self, index: int) -> dict | None:
+        if self.mel is not None:
+            return self._mel_item(index)
         audio = self._load(index)
         if audio is None:
             return None
@@ -185,6 +234,8 @@ def collate(batch: Sequence[dict | None]) -> dict:
     `audio_ids` and `sources` list[str]. B can be 0 when every file in the batch failed.
     """
     items = [item for item in batch if item is not None]
+    if items and "mel_power" in items[0]:
+        return _collate_power(items)
     lengths = torch.tensor([len(item["waveform"]) for item in items], dtype=torch.long)
     longest = int(lengths.max()) if len(items) else 0
     waveform = torch.zeros(len(items), longest, dtype=torch.float32)
@@ -199,6 +250,22 @@ def collate(batch: Sequence[dict | None]) -> dict:
         "lengths": lengths,
         "captions": captions,
         "caption_audio_index": torch.tensor(owner, dtype=torch.long),
+        "audio_ids": [item["audio_id"] for item in items],
+        "sources": [item["source"] for item in items],
+    }
+
+
+def _collate_power(items: list[dict]) -> dict:
+    """`collate` for `mel_power` items: `mel_power` [B, n_mels, F] zero-padded, `frames` long [B]."""
+    frames = torch.tensor([item["mel_power"].shape[1] for item in items], dtype=torch.long)
+    power = torch.zeros(len(items), items[0]["mel_power"].shape[0], int(frames.max()), dtype=torch.float32)
+    for row, item in enumerate(items):
+        power[row, :, : item["mel_power"].shape[1]] = item["mel_power"]
+    return {
+        "mel_power": power,
+        "frames": frames,
+        "captions": [item["captions"][0] for item in items],
+        "caption_audio_index": torch.arange(len(items), dtype=torch.long),
         "audio_ids": [item["audio_id"] for item in items],
         "sources": [item["source"] for item in items],
     }
