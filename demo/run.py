@@ -16,7 +16,7 @@ import numpy as np
 
 DEMO_SPLITS = {"development": 160, "validation": 40, "evaluation": 40}
 # The demo keeps the short schedule (1 warm-up + 4 epochs) so the README's first command stays a few minutes on
-# 2 cores; `tiny`'s own 1 + 9 epochs (chosen by validation, benchmarks/README.md) roughly doubles the training.
+# 2 cores; `tiny`'s own 1 + 29 epochs (chosen by validation, benchmarks/README.md) take about six times as long.
 DEMO_TRAIN = ["train.epochs=4", "train.warmup_epochs=1"]
 EXAMPLE_QUERIES = [
     "a dog barks while rain falls",
