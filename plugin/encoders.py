@@ -14,6 +14,7 @@ import numpy as np
 
 from hark.bundle import Bundle
 from hark.moments import quantize
+from hark.onnx import CUDA
 
 # Batch sizes by where a session runs, from benchmarks/gpu.sh on an H200 (report-size model; benchmarks/README.md,
 # gpu). The RoBERTa-large-size text encoder costs 7.8 ms a call at 1 query and 9.4 ms at 32 on CUDA, so there a
@@ -26,7 +27,7 @@ AUDIO_BATCH_SEGMENTS = {"cuda": 32, "cpu": 8}
 
 def runs_on(session) -> str:
     """"cuda" when ONNX Runtime put the session on the CUDA provider, else "cpu"."""
-    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
 
 
 @dataclass

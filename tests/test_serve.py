@@ -313,23 +313,42 @@ def test_concurrent_queries_share_an_encoder_call_and_keep_their_own_timings(sta
     assert mine.text_encoder > 0 and other.text_encoder == 0
 
 
-def test_batcher_merges_concurrent_requests_into_one_encoder_call(stack):
+def _fake_encoder(run=None, **extra):
+    """A text encoder without a model: a 3-token tokenizer and a session whose `run` is given (default: ones)."""
+    from types import SimpleNamespace
+
+    def ones(_outputs, feeds):
+        n = feeds["input_ids"].shape[0]
+        return np.ones((n, 4), np.float32), np.ones((n, 3, 4), np.float32)
+
+    return SimpleNamespace(
+        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
+                                                         np.ones((len(texts), 3), np.int64))),
+        session=SimpleNamespace(run=run or ones), **extra)
+
+
+def _encode_concurrently(batcher, encoder, texts: list[str]) -> list:
+    """Each text encoded by its own thread, all of them counted in flight first; the batcher is closed after."""
     from concurrent.futures import ThreadPoolExecutor
 
+    for _ in texts:
+        batcher.enter()
+    try:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            return list(pool.map(lambda t: batcher.encode(encoder, [t])[0], texts))
+    finally:
+        for _ in texts:
+            batcher.leave()
+        batcher.close()
+
+
+def test_batcher_merges_concurrent_requests_into_one_encoder_call(stack):
     from hark.plugin.serve.batcher import TextBatcher
 
     encoder = stack["app"].state.service.search.text
     batcher = TextBatcher(wait_ms=200, max_batch=8)
     texts = ["a dog barks", "rain falls on a roof", "a bell", "bird chirps", "engine hums loudly", "siren"]
-    for _ in texts:
-        batcher.enter()
-    try:
-        with ThreadPoolExecutor(len(texts)) as pool:
-            parts = list(pool.map(lambda t: batcher.encode(encoder, [t])[0], texts))
-    finally:
-        for _ in texts:
-            batcher.leave()
-        batcher.close()
+    parts = _encode_concurrently(batcher, encoder, texts)
     assert batcher.calls < len(texts)
     alone = encoder.encode(texts)
     for i, part in enumerate(parts):
@@ -341,9 +360,6 @@ def test_batcher_merges_concurrent_requests_into_one_encoder_call(stack):
 def test_batcher_without_a_cap_takes_the_encoders_preferred_batch(preferred):
     """HARK_QUERY_BATCH_MAX 0 (the default): each call holds at most the encoder's `preferred_batch` queries
     (32 on CUDA, 8 on the CPU), so the same setting suits either device."""
-    from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
-
     from hark.plugin.serve.batcher import TextBatcher
 
     sizes = []
@@ -353,21 +369,9 @@ def test_batcher_without_a_cap_takes_the_encoders_preferred_batch(preferred):
         sizes.append(n)
         return np.ones((n, 4), np.float32), np.ones((n, 3, 4), np.float32)
 
-    encoder = SimpleNamespace(
-        preferred_batch=preferred, session=SimpleNamespace(run=run),
-        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
-                                                         np.ones((len(texts), 3), np.int64))))
     batcher = TextBatcher(wait_ms=300, max_batch=0)
-    texts = [f"sound {i}" for i in range(6)]
-    for _ in texts:
-        batcher.enter()
-    try:
-        with ThreadPoolExecutor(len(texts)) as pool:
-            parts = list(pool.map(lambda t: batcher.encode(encoder, [t])[0], texts))
-    finally:
-        for _ in texts:
-            batcher.leave()
-        batcher.close()
+    parts = _encode_concurrently(batcher, _fake_encoder(run, preferred_batch=preferred),
+                                 [f"sound {i}" for i in range(6)])
     assert [p.sentence.shape for p in parts] == [(1, 4)] * 6 and sum(sizes) == 6
     assert max(sizes) <= preferred and max(sizes) > 1  # merged, never past the encoder's batch
 
@@ -389,7 +393,6 @@ def test_a_second_encoder_call_runs_while_one_is_in_flight():
     """Two requests that do not share a call are encoded at the same time (each call here waits for the other
     at a barrier: with one encoder thread the second call would start only after the first, which never ends)."""
     from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
 
     from hark.plugin.serve.batcher import TextBatcher
 
@@ -400,10 +403,7 @@ def test_a_second_encoder_call_runs_while_one_is_in_flight():
         n = feeds["input_ids"].shape[0]
         return np.ones((n, 4), np.float32), np.ones((n, 3, 4), np.float32)
 
-    encoder = SimpleNamespace(
-        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
-                                                         np.ones((len(texts), 3), np.int64))),
-        session=SimpleNamespace(run=run))
+    encoder = _fake_encoder(run)
     # Each request fills a call on its own (max_batch texts), so the two can only meet at the barrier.
     batcher = TextBatcher(wait_ms=1, max_batch=2)
     try:
@@ -419,16 +419,11 @@ def test_a_second_encoder_call_runs_while_one_is_in_flight():
 def test_a_request_queued_after_close_stopped_the_encoder_threads_is_still_answered(monkeypatch):
     """A request that found the workers alive, then queued its texts after a concurrent `close` had stopped them,
     gets its rows (it used to wait forever)."""
-    from types import SimpleNamespace
 
     from hark.plugin.serve import batcher as batching
 
     monkeypatch.setattr(batching, "STRANDED_CHECK_S", 0.05)
-    encoder = SimpleNamespace(
-        tokenizer=SimpleNamespace(encode=lambda texts: (np.zeros((len(texts), 3), np.int64),
-                                                         np.ones((len(texts), 3), np.int64))),
-        session=SimpleNamespace(run=lambda _o, feeds: (np.ones((feeds["input_ids"].shape[0], 4), np.float32),
-                                                       np.ones((feeds["input_ids"].shape[0], 3, 4), np.float32))))
+    encoder = _fake_encoder()
     batcher = batching.TextBatcher(wait_ms=1, max_batch=8)
     batcher._ensure_thread()
     batcher.close()

@@ -398,26 +398,33 @@ class AudioTower(nn.Module):
             return (feats[0] + feats[1]) / 2
         return feats
 
-    def segment(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cut [B, T] into [B, M, segment_samples] zero-padded segments and their validity mask [B, M]."""
-        seg = self.segment_samples
-        count = min(self.cfg.max_segments, max(1, math.ceil(wave.shape[1] / seg)))
-        total = count * seg
-        if wave.shape[1] < total:
-            wave = nn.functional.pad(wave, (0, total - wave.shape[1]))
-        wave = wave[:, :total].reshape(wave.shape[0], count, seg)
-        starts = torch.arange(count, device=lengths.device) * seg
+    def _cut(self, x: torch.Tensor, size: int, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut the last axis of [B, ..., T] into [B, M, ..., size] zero-padded segments (1 <= M <= max_segments)
+        and their validity mask [B, M]: a segment is valid when it starts before the item's length."""
+        count = min(self.cfg.max_segments, max(1, math.ceil(x.shape[-1] / size)))
+        total = count * size
+        if x.shape[-1] < total:
+            x = nn.functional.pad(x, (0, total - x.shape[-1]))
+        x = x[..., :total].reshape(*x.shape[:-1], count, size).movedim(-2, 1)
+        starts = torch.arange(count, device=lengths.device) * size
         mask = starts[None, :] < lengths[:, None]
         mask[:, 0] = True  # an (invalid) empty clip still gets one, silent, segment
-        return wave, mask
+        return x, mask
+
+    def _embed_valid(self, segments: torch.Tensor, mask: torch.Tensor, embed) -> torch.Tensor:
+        """[B, M, dim]: `embed` of the valid segments only (the others stay zero and never reach the transformer)."""
+        out = segments.new_zeros(mask.shape[0], mask.shape[1], self.dim)
+        out[mask] = embed(segments[mask]).to(out.dtype)
+        return out
+
+    def segment(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut [B, T] into [B, M, segment_samples] zero-padded segments and their validity mask [B, M]."""
+        return self._cut(wave, self.segment_samples, lengths)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, T] waveform and lengths in samples -> segment embeddings [B, M, dim] and mask [B, M]."""
         segments, mask = self.segment(wave, lengths)
-        out = segments.new_zeros(mask.shape[0], mask.shape[1], self.dim)
-        # Only segments that hold audio go through the transformer.
-        out[mask] = self.embed_segments(segments[mask]).to(out.dtype)
-        return out, mask
+        return self._embed_valid(segments, mask, self.embed_segments), mask
 
     @property
     def hop(self) -> int:
@@ -429,18 +436,8 @@ class AudioTower(nn.Module):
         [m * seg, m * seg + seg) with seg = segment_samples // hop, the frames the waveform path computes for
         it, except the first two of each later segment, which see the previous segment's samples here where the
         waveform path pads by reflection (tests/test_melcache.py bounds the difference)."""
-        seg = self.segment_samples // self.hop
-        count = min(self.cfg.max_segments, max(1, math.ceil(power.shape[2] / seg)))
-        total = count * seg
-        if power.shape[2] < total:
-            power = nn.functional.pad(power, (0, total - power.shape[2]))
-        power = power[:, :, :total].reshape(power.shape[0], power.shape[1], count, seg).transpose(1, 2)
-        starts = torch.arange(count, device=frames.device) * seg
-        mask = starts[None, :] < frames[:, None]
-        mask[:, 0] = True
-        out = power.new_zeros(mask.shape[0], count, self.dim)
-        out[mask] = self.embed_mels(self.frontend.log(power[mask])).to(out.dtype)
-        return out, mask
+        segments, mask = self._cut(power, self.segment_samples // self.hop, frames)
+        return self._embed_valid(segments, mask, lambda p: self.embed_mels(self.frontend.log(p))), mask
 
 
 # -- RoBERTa: local folders and hub names ----------------------------------------------------------

@@ -146,15 +146,8 @@ class AudioCaptionDataset(Dataset):
         else:
             frames = power[:, :math.ceil(length / self.hop)]
         captions = [example.captions[int(rng.integers(len(example.captions)))]]
-        frames = frames.float()
-        aug = self.augment
-        if aug.gain_db:  # the waveform path's draws, in its order
-            frames = frames * float(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20)) ** 2
-        if aug.shift_seconds:
-            delay = int(rng.uniform(0, aug.shift_seconds) * self.sample_rate) // self.hop
-            frames = torch.nn.functional.pad(frames, (delay, 0))
-        if aug.word_dropout:
-            captions = [drop_words(c, aug.word_dropout, rng) for c in captions]
+        gain, delay, captions = self._draws(captions, rng)
+        frames = torch.nn.functional.pad(frames.float() * gain**2, (delay // self.hop, 0))
         return {"mel_power": frames, "captions": captions, "audio_id": example.audio_id, "source": example.source}
 
     def __getitem__(self, index: int) -> dict | None:
@@ -183,15 +176,21 @@ class AudioCaptionDataset(Dataset):
         }
 
 
-    def _augmented(self, audio: np.ndarray, captions: list[str], rng: np.random.Generator):
+    def _draws(self, captions: list[str], rng: np.random.Generator) -> tuple[float, int, list[str]]:
+        """The item's augmentation: gain factor, leading delay in samples, captions after word dropout (drawn in
+        this order, the same for the waveform and the mel-power path)."""
         aug = self.augment
         gain = 10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20) if aug.gain_db else 1.0
-        audio = audio * np.float32(gain)
-        if aug.shift_seconds:
-            delay = int(rng.uniform(0, aug.shift_seconds) * self.sample_rate)
-            audio = np.concatenate([np.zeros(delay, dtype=audio.dtype), audio])
+        delay = int(rng.uniform(0, aug.shift_seconds) * self.sample_rate) if aug.shift_seconds else 0
         if aug.word_dropout:
             captions = [drop_words(c, aug.word_dropout, rng) for c in captions]
+        return gain, delay, captions
+
+    def _augmented(self, audio: np.ndarray, captions: list[str], rng: np.random.Generator):
+        gain, delay, captions = self._draws(captions, rng)
+        audio = audio * np.float32(gain)
+        if delay:
+            audio = np.concatenate([np.zeros(delay, dtype=audio.dtype), audio])
         return audio.astype(np.float32, copy=False), captions
 
 
