@@ -114,3 +114,18 @@ def test_training_with_mel_cache_runs_and_resumes_exactly(tmp_path):
     b = torch.load(tmp_path / "resumed" / "last.pt", map_location="cpu", weights_only=True)["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_distillation_with_mel_cache_refuses_teachers_with_another_front_end(tmp_path):
+    """The teachers read the student's cached power, so a teacher with other mel settings is named, before any
+    training, rather than fed the wrong spectrogram."""
+    from hark.training.run import distill
+
+    cfg = load_config("tiny", ["audio.n_mels=64"])
+    torch.manual_seed(0)
+    teacher = RetrievalModel(cfg, build_tokenizer(cfg.text, ["a dog barks"] * 10))
+    torch.save(teacher.checkpoint_payload(), tmp_path / "teacher.pt")
+    student = load_config("tiny", ["train.mel_cache=true"])
+    with pytest.raises(ValueError, match=r"teacher .*teacher\.pt has another mel front end"):
+        distill(None, [tmp_path / "teacher.pt"], [tmp_path / "no-data"], tmp_path / "out", device="cpu",
+                progress=False, config=student)
