@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -9,6 +11,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from test_serve import fill, random_bundle, settings_for  # noqa: E402
 
 KEY = "fuzz-key"
+# Examples per operation: 12 keeps the suite quick; a deeper hunt sets more (HARK_FUZZ_EXAMPLES=300).
+EXAMPLES = int(os.environ.get("HARK_FUZZ_EXAMPLES", "12"))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def test_no_request_gets_a_5xx(fuzz_app):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
             response = case.call(headers={"api-key": KEY})
             assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])

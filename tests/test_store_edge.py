@@ -307,6 +307,19 @@ def test_collection_names_cannot_escape_the_folder(tmp_path, name):
     assert sorted(os.listdir(tmp_path)) == ["s"]
 
 
+@pytest.mark.parametrize("name", ["\u0130" * 200, "\ud800x"])
+def test_names_the_filesystem_cannot_hold_are_refused_not_raised_as_os_errors(tmp_path, name):
+    """200 characters that take 400 bytes in UTF-8 (the folder limit is 255 bytes), and a lone surrogate that
+    has no UTF-8 form: found by the API fuzz as a 500 from `collection_exists` (OSError: File name too long)."""
+    with EdgeStore(tmp_path / "s") as store:
+        assert store.collection_exists(name) is False
+        with pytest.raises(CollectionNotFoundError):
+            store.count(name)
+        with pytest.raises(StoreError, match="invalid collection name"):
+            store.create_collection(name, vectors_config={"global": VECTORS["global"]})
+    assert sorted(os.listdir(tmp_path)) == ["s"]
+
+
 def test_aliases_create_switch_rename_delete(tmp_path):
     root = tmp_path / "s"
     with EdgeStore(root) as store:

@@ -97,9 +97,16 @@ class CollectionNotFoundError(NotFoundError):
 
 
 def _validate_name(name: str, what: str = "collection") -> str:
-    # Names become folder names: nothing that could leave `collections/` or hide a file.
-    if not isinstance(name, str) or not name or len(name) > 255:
+    # Names become folder names: nothing that could leave `collections/` or hide a file, and nothing the
+    # filesystem refuses (its limit is 255 bytes, not characters; a lone surrogate has no UTF-8 form).
+    if not isinstance(name, str) or not name:
         raise StoreError(f"invalid {what} name {name!r}: 1 to 255 characters")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise StoreError(f"invalid {what} name {name!r}: not valid Unicode text") from None
+    if size > 255:
+        raise StoreError(f"invalid {what} name {name!r}: at most 255 bytes in UTF-8 ({size} here)")
     if "/" in name or "\\" in name or "\0" in name or ".." in name or name.startswith(".") or name != name.strip():
         raise StoreError(f"invalid {what} name {name!r}: no path separators, '..', leading dot or outer spaces")
     return name
