@@ -189,6 +189,32 @@ def test_batch_mixes_hark_and_plain_queries(http, stack):
     assert len(first["points"]) == 3 and len(second["points"]) == 2
 
 
+def test_a_batch_holds_a_bounded_number_of_hark_queries(http):
+    """Each hark query is an encoder call, a prefilter and a rerank: one 500 KB batch of 10,000 of them held the
+    service for a minute, so a batch over the cap is a 400 before any of them runs."""
+    from hark.plugin.serve.qdrant import MAX_BATCH_QUERIES
+
+    over = {"searches": [{"query": DOC, "limit": 1}] * (MAX_BATCH_QUERIES + 1)}
+    response = http.post("/collections/sounds/points/query/batch", json=over)
+    assert response.status_code == 400, response.text
+    assert f"at most {MAX_BATCH_QUERIES}" in response.json()["status"]["error"]
+    at_cap = http.post("/collections/sounds/points/query/batch",
+                       json={"searches": [{"query": DOC, "limit": 1}] * MAX_BATCH_QUERIES})
+    assert at_cap.status_code == 200 and len(at_cap.json()["result"]) == MAX_BATCH_QUERIES
+
+
+def test_infer_takes_a_bounded_number_of_inputs(http):
+    """The inputs of one /infer request are one encoder call: 5,000 of them fit the body limit and made a single
+    batch of 5,000 (minutes and gigabytes with a report-size encoder), so more than the cap is a 400."""
+    from hark.plugin.serve.infer import MAX_INPUTS
+
+    item = {"data": "a dog", "data_type": "text", "model": "hark", "options": None}
+    over = http.post("/infer", json={"inputs": [item] * (MAX_INPUTS + 1), "inference": "search", "token": None})
+    assert over.status_code == 400 and f"at most {MAX_INPUTS}" in over.json()["error"]
+    at_cap = http.post("/infer", json={"inputs": [item] * MAX_INPUTS, "inference": "search", "token": None})
+    assert at_cap.status_code == 200 and len(at_cap.json()["embeddings"]) == MAX_INPUTS
+
+
 def test_inference_update_is_refused_with_the_reason(http):
     body = {"inputs": [{"data": "a dog", "data_type": "text", "model": "hark", "options": None}],
             "inference": "update", "token": None}

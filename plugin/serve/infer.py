@@ -24,6 +24,10 @@ _SCHEMA = json_body_schema({
     "inference": {"type": ["string", "null"]}, "token": {"type": ["string", "null"]}}, ["inputs"])
 
 
+# Texts in one /infer request, embedded in one encoder call: the body limit alone let 5,000 through (a batch of
+# 5,000 for a RoBERTa-large-size encoder). Qdrant's own calls carry a query's or a batch's documents.
+MAX_INPUTS = 256
+
 def parse(service: Service, body: Any) -> tuple[list[str], list[str]]:
     """(texts, kinds) of a valid request; ApiError 400 naming the first bad field otherwise."""
     if not isinstance(body, dict):
@@ -31,6 +35,9 @@ def parse(service: Service, body: Any) -> tuple[list[str], list[str]]:
     inputs = body.get("inputs")
     if not isinstance(inputs, list):
         raise ApiError(400, "'inputs' must be a list")
+    if len(inputs) > MAX_INPUTS:
+        raise ApiError(400, f"at most {MAX_INPUTS} inputs in one request ({len(inputs)} here): they are embedded "
+                            "in one encoder call; send several requests")
     inference = body.get("inference")
     if inference not in (None, "search", "update"):
         raise ApiError(400, f"'inference' must be 'search' or 'update', not {inference!r}")

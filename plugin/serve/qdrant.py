@@ -37,6 +37,11 @@ _QUERY_PROPS: dict[str, Any] = {
 }
 
 
+# hark queries in one query/batch request: each costs an encoder call, a prefilter and a rerank, so without a cap
+# one small body (10,000 queries in 500 KB) held the service for a minute.
+MAX_BATCH_QUERIES = 64
+
+
 def not_found(name: str) -> ApiError:
     return ApiError(404, f"Not found: Collection `{name}` doesn't exist!")
 
@@ -232,6 +237,10 @@ def router(service: Service) -> APIRouter:
         searches = body.get("searches") if isinstance(body, dict) else None
         if not isinstance(searches, list):
             raise ApiError(400, "Format error in JSON body: 'searches' must be a list of query requests")
+        hark = sum(1 for req in searches if is_hark(req))
+        if hark > MAX_BATCH_QUERIES:
+            raise ApiError(400, f"a batch holds at most {MAX_BATCH_QUERIES} hark queries ({hark} here): each runs "
+                                "the text encoder, a prefilter and a rerank; send several batches")
         results: list[Any] = [None] * len(searches)
         upstream_rows = []
         for i, req in enumerate(searches):
