@@ -197,6 +197,8 @@ def test_deep_json_is_a_400(keyed, path):
     ({"query": DOC, "limit": -1}, "limit"),
     ({"query": DOC, "offset": -5}, ""),
     ({"query": [0.1, "x"]}, "Format error"),
+    ({"limit": 2 ** 64}, ""),  # past the engine's integers: an OverflowError in its bindings (fuzz)
+    ({"query": [0.5] * 64, "using": "global", "offset": 2 ** 64}, ""),
 ])
 def test_hostile_queries_get_a_4xx_in_qdrants_shape(keyed, body, message):
     response = keyed["http"].post("/collections/sounds/points/query", json=body, headers={"api-key": FULL})
@@ -210,6 +212,9 @@ def test_hostile_reads_get_a_4xx(keyed):
     key = {"api-key": FULL}
     assert http.post("/collections/sounds/points/scroll", json={"limit": -1}, headers=key).status_code == 400
     assert http.post("/collections/sounds/points/scroll", json={"filter": {"must": [{"key": ""}]}},
+                     headers=key).status_code == 400
+    assert http.post("/collections/sounds/points/scroll", json={"limit": 2 ** 64}, headers=key).status_code == 400
+    assert http.post("/collections/sounds/points/query/batch", json={"searches": [{"limit": 2 ** 64}]},
                      headers=key).status_code == 400
     assert http.get("/collections/sounds/points/not-an-id", headers=key).status_code == 400
     assert http.get("/collections/nope", headers=key).status_code == 404

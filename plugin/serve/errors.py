@@ -57,7 +57,8 @@ def store_error(exc: Exception) -> ApiError | None:
     """A store exception as the caller's error, or None when it is not one the store raises for bad input.
 
     Local mode (and the embedded engine) raise ValueError/TypeError/KeyError/AssertionError on requests they
-    cannot answer (a fusion without prefetch, a negative limit, an empty filter key): the request's fault.
+    cannot answer (a fusion without prefetch, a negative limit, an empty filter key), and the engine's bindings
+    OverflowError on a number past its integers (a limit of 2**64): the request's fault.
     A server answers with its own status: its 4xx are passed on; its 5xx and an unreachable server are a
     bad gateway (502) and unavailable (503): hark itself did not fail."""
     from pydantic import ValidationError
@@ -78,6 +79,6 @@ def store_error(exc: Exception) -> ApiError | None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return ApiError(400, f"Format error in JSON body: {where}: {first.get('msg')}")
-    if isinstance(exc, ValueError | TypeError | KeyError | AssertionError | IndexError):
+    if isinstance(exc, ValueError | TypeError | KeyError | AssertionError | IndexError | OverflowError):
         return ApiError(400, f"Bad request: {exc}")
     return None
