@@ -43,6 +43,9 @@ from hark.training.metrics import ensemble, retrieval_metrics
 from hark.training.model import load_checkpoint
 from hark.training.run import distill, train
 
+# The report's three systems as head overrides of one config: the ensemble it distils is of different heads.
+REPORT_HEADS = [["heads.attention=none"], ["heads.cosine=false", "heads.attention=sentence"], ["heads.cosine=false"]]
+
 
 def _cpu() -> float:
     use = resource.getrusage(resource.RUSAGE_SELF)
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-epochs", type=int, default=None, help="teachers' epochs (default: --epochs)")
     parser.add_argument("--students", nargs="+", type=int, default=[0], help="student seeds")
     parser.add_argument("--teachers", nargs=3, type=int, default=[1, 2, 3], help="teacher seeds")
+    parser.add_argument("--teacher-heads", choices=["same", "report"], default="same",
+                        help="same: the config's heads for every teacher; report: the report's three systems "
+                             "(cosine bi-encoder, sentence-token attention, full-text attention) at the config's size")
     parser.add_argument("--stage2-epochs", type=int, default=4)
     parser.add_argument("--stage2-lr", type=float, default=None, help="stage-2 peak lr (default: the config's)")
     parser.add_argument("--kd-lambda", type=float, default=1.0)
@@ -86,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             return pool.submit(_job, args.device, args.threads, kind, args.config, overrides, init, teachers, data,
                                work / out)
 
-        stage1 = {("teacher", s): submit("train", [*teacher_set, f"train.seed={s}"], None, [], f"teacher{s}")
-                  for s in args.teachers}
+        heads = REPORT_HEADS if args.teacher_heads == "report" else [[]] * 3
+        stage1 = {("teacher", s): submit("train", [*teacher_set, *h, f"train.seed={s}"], None, [], f"teacher{s}")
+                  for s, h in zip(args.teachers, heads, strict=True)}
         stage1 |= {("student", s): submit("train", [*student_set, f"train.seed={s}"], None, [], f"student{s}")
                    for s in args.students}
         teachers = [work / f"teacher{s}" / "best.pt" for s in args.teachers]
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     fused = ensemble([m.scores["prediction"] for m in members])
     report = {
         "corpus": str(data), "config": args.config, "student_overrides": student_set,
-        "teacher_overrides": teacher_set, "stage2_epochs": args.stage2_epochs, "kd_lambda": args.kd_lambda,
+        "teacher_overrides": teacher_set, "teacher_heads": args.teacher_heads, "stage2_epochs": args.stage2_epochs,
+        "kd_lambda": args.kd_lambda,
         "stage2_lr": args.stage2_lr, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "teachers_val_mAP@10": {f"seed{s}": _best(runs[("teacher", s)]["history"]) for s in args.teachers},
