@@ -343,3 +343,12 @@ def test_cache_returns_same_audio(clotho_root):
         assert dataset[0] is None  # now it has to be decoded again, and the file is gone
     finally:
         examples[0].audio_path.with_suffix(".moved").rename(examples[0].audio_path)
+
+
+def test_id_lists_normalise_ascii_numbers_and_keep_other_digits_as_text(tmp_path):
+    """"²" and "٣" are digits to str.isdigit() but not numbers to int(): an exclusion list holding one raised."""
+    from hark.training.data.formats import read_id_list
+
+    path = tmp_path / "exclude.txt"
+    path.write_text("00123\n²\n٣4\nabc.wav\n", encoding="utf-8")
+    assert read_id_list(path) == {"123", "²", "٣4", "abc"}

@@ -217,6 +217,10 @@ def test_hostile_reads_get_a_4xx(keyed):
     assert http.post("/collections/sounds/points/query/batch", json={"searches": [{"limit": 2 ** 64}]},
                      headers=key).status_code == 400
     assert http.get("/collections/sounds/points/not-an-id", headers=key).status_code == 400
+    # Digits to str.isdigit() but not to int() ("²"), and an integer past Qdrant's u64 ids (fuzz).
+    for raw in ("%C2%B2", "%D9%A3", str(2 ** 64)):
+        response = http.get(f"/collections/sounds/points/{raw}", headers=key)
+        assert response.status_code == 400 and "not a valid point id" in response.json()["status"]["error"], raw
     assert http.get("/collections/nope", headers=key).status_code == 404
     assert http.post("/search", json={"text": "dog", "filter": {"must": [{"key": ""}]}},
                      headers=key).status_code == 400

@@ -67,8 +67,8 @@ def is_hark(req: Any) -> bool:
 
 
 def point_id(raw: str) -> int | str:
-    """A path's point id: an unsigned integer or a UUID (as Qdrant), else a 400."""
-    if raw.isdigit():
+    """A path's point id: an unsigned 64-bit integer or a UUID (as Qdrant), else a 400."""
+    if raw.isascii() and raw.isdigit() and int(raw) < 2 ** 64:  # isdigit alone accepts "²", which int() refuses
         return int(raw)
     try:
         return str(uuid.UUID(raw))

@@ -190,7 +190,7 @@ def _first_existing(candidates: Iterable[Path]) -> list[Path]:
 
 def _normalise_id(value: object) -> str:
     text = _strip_audio_suffix(str(value).strip())
-    return str(int(text)) if text.isdigit() else text
+    return str(int(text)) if text.isascii() and text.isdigit() else text  # int() refuses some isdigit() text: "²"
 
 
 def read_id_list(path: Path) -> set[str]:
