@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at a time, one process each")
     parser.add_argument("--stage2", choices=["both", "continue", "scratch"], default="both")
+    parser.add_argument("--teachers-from", type=Path, default=None,
+                        help="an earlier run's folder: its teacher<seed> runs are the teachers (not trained again)")
     parser.add_argument("--device", default="cpu", help="torch device of every training process (cpu, cuda)")
     args = parser.parse_args(argv)
     if set(args.students) & set(args.teachers):
@@ -93,16 +95,20 @@ def main(argv: list[str] | None = None) -> int:
                                work / out)
 
         heads = REPORT_HEADS if args.teacher_heads == "report" else [[]] * 3
-        stage1 = {("teacher", s): submit("train", [*teacher_set, *h, f"train.seed={s}"], None, [], f"teacher{s}")
-                  for s, h in zip(args.teachers, heads, strict=True)}
+        home = args.teachers_from or work
+        stage1 = {} if args.teachers_from else {
+            ("teacher", s): submit("train", [*teacher_set, *h, f"train.seed={s}"], None, [], f"teacher{s}")
+            for s, h in zip(args.teachers, heads, strict=True)}
         stage1 |= {("student", s): submit("train", [*student_set, f"train.seed={s}"], None, [], f"student{s}")
                    for s in args.students}
-        teachers = [work / f"teacher{s}" / "best.pt" for s in args.teachers]
+        teachers = [home / f"teacher{s}" / "best.pt" for s in args.teachers]
         stage2 = [f"train.epochs={args.stage2_epochs}", "train.warmup_epochs=0"]
         if args.stage2_lr is not None:
             stage2.append(f"train.lr={args.stage2_lr}")
         # Stage 2 needs the teachers: wait for them (students' stage 1 may still be running).
         runs = {key: job.result() for key, job in stage1.items() if key[0] == "teacher"}
+        if args.teachers_from:
+            runs |= {("teacher", s): {"history": _history(home / f"teacher{s}"), "cpu_s": 0.0} for s in args.teachers}
         jobs = {}
         for s in args.students:
             if args.stage2 in ("both", "scratch"):
@@ -124,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     fused = ensemble([m.scores["prediction"] for m in members])
     report = {
         "corpus": str(data), "config": args.config, "student_overrides": student_set,
-        "teacher_overrides": teacher_set, "teacher_heads": args.teacher_heads, "stage2_epochs": args.stage2_epochs,
+        "teacher_overrides": teacher_set, "teachers_from": str(args.teachers_from or ""),
+        "teacher_heads": args.teacher_heads, "stage2_epochs": args.stage2_epochs,
         "kd_lambda": args.kd_lambda,
         "stage2_lr": args.stage2_lr, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -151,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     report["gains"] = {k: {"each": v, "mean": round(float(np.mean(v)), 2)} for k, v in gains.items() if v}
     print(json.dumps(report))
     return 0 if all(np.isfinite(g) for v in gains.values() for g in v) else 1
+
+
+def _history(run: Path) -> list[dict]:
+    """The epoch records of a finished run's metrics.jsonl."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "val_mAP@10" in r]
 
 
 def _by_epoch(history: list[dict]) -> list[float]:
