@@ -17,7 +17,8 @@ models at a time (one process each, `--threads` threads each).
 
     python benchmarks/distill.py [--clips 300 100 100] [--epochs 9] [--teacher-epochs 29] [--students 0 4 5]
                                  [--stage2 both|continue|scratch] [--stage2-epochs 3] [--stage2-lr 2e-4]
-                                 [--kd-lambda 1] [--jobs 2] [--threads 1]
+                                 [--kd-lambda 1] [--jobs 2] [--threads 1] [--teacher-heads same|report]
+                                 [--teachers-from RUN] [--device cuda]
 """
 
 from __future__ import annotations
