@@ -80,6 +80,17 @@ def stack(tmp_path_factory):
 
 
 # -- the thumbnail route -------------------------------------------------------------------------------------
+def test_thumbnail_locks_stay_bounded_however_many_recordings():
+    """One lock per recording ever thumbnailed grew without end on a long-running server; the same key must
+    still get the same lock (one decode per recording when its windows are asked for together)."""
+    from hark.plugin.serve.thumbs import Thumbnails
+
+    thumbs = Thumbnails(Path("/nonexistent-thumbs"))
+    locks = {id(thumbs._lock(f"recording-{i}")) for i in range(10_000)}
+    assert len(locks) <= 64
+    assert thumbs._lock("recording-7") is thumbs._lock("recording-7")
+
+
 def test_thumb_is_computed_once_and_cached(stack, monkeypatch):
     import httpx
 

@@ -79,17 +79,19 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
+LOCK_STRIPES = 64
+
 class Thumbnails:
     """The cache of thumbnails under one folder; safe to call from the server's worker threads."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        # Striped: a lock per recording would grow with every recording ever shown; two recordings that share a
+        # stripe only decode one after the other.
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     def _lock(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+        return self._locks[hash(key) % LOCK_STRIPES]
 
     def _peaks(self, key: str, path: Path) -> np.ndarray:
         cached = self.folder / f"{key}.npy"
