@@ -26,6 +26,7 @@ COLUMNS = 400  # pixel columns of a thumbnail; the page scales them to its canva
 THUMB_RATE = 8000  # decode rate: peaks at 200 per second need nothing finer
 PEAKS_PER_SECOND = 200
 FORMAT = 1  # bump when the JSON changes shape, so old cache files are not served
+LOCK_STRIPES = 64  # locks shared by all recordings (see Thumbnails._lock)
 _SAFE = re.compile(r"[^0-9A-Za-z_.-]")
 
 
@@ -78,8 +79,6 @@ def _write_atomic(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-LOCK_STRIPES = 64
 
 class Thumbnails:
     """The cache of thumbnails under one folder; safe to call from the server's worker threads."""
