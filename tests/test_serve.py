@@ -203,6 +203,24 @@ def test_a_batch_holds_a_bounded_number_of_hark_queries(http):
     assert at_cap.status_code == 200 and len(at_cap.json()["result"]) == MAX_BATCH_QUERIES
 
 
+def test_a_batchs_hark_queries_share_encoder_calls_and_keep_their_order(http, stack):
+    """The hark queries of one query/batch run together, so the micro-batcher merges their encoder calls (they
+    ran one after another: one call each); each result is still its own query's."""
+    batcher = stack["app"].state.service.batcher
+    texts = [f"{word} in the distance" for word in ("a dog", "rain", "a bell", "an engine", "birds", "wind",
+                                                     "a siren", "speech", "a train", "water", "a car", "thunder")]
+    alone = [http.post("/collections/sounds/points/query", json={"query": dict(DOC, text=t), "limit": 3}).json()
+             for t in texts]
+    before = batcher.calls
+    response = http.post("/collections/sounds/points/query/batch", json={"searches": [
+        {"query": dict(DOC, text=t), "limit": 3} for t in texts]})
+    assert response.status_code == 200, response.text
+    calls = batcher.calls - before
+    assert calls < len(texts), calls
+    for one, batched in zip(alone, response.json()["result"], strict=True):
+        assert [p["id"] for p in batched["points"]] == [p["id"] for p in one["result"]["points"]]
+
+
 def test_infer_takes_a_bounded_number_of_inputs(http):
     """The inputs of one /infer request are one encoder call: 5,000 of them fit the body limit and made a single
     batch of 5,000 (minutes and gigabytes with a report-size encoder), so more than the cap is a 400."""

@@ -8,6 +8,7 @@ full-access callers (the auth middleware answers 403 to a read-only key first).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -241,12 +242,16 @@ def router(service: Service) -> APIRouter:
         if hark > MAX_BATCH_QUERIES:
             raise ApiError(400, f"a batch holds at most {MAX_BATCH_QUERIES} hark queries ({hark} here): each runs "
                                 "the text encoder, a prefilter and a rerank; send several batches")
-        results: list[Any] = [None] * len(searches)
-        upstream_rows = []
-        for i, req in enumerate(searches):
-            results[i] = await routes.one(name, req)
-            if results[i] is None:
-                upstream_rows.append(i)
+        # Together, not one after another, so that the micro-batcher merges their encoder calls; at most an encoder
+        # batch at a time, so that one batch does not take every worker thread.
+        gate = asyncio.Semaphore(max(1, service.search.text.preferred_batch))
+
+        async def run(req: Any) -> dict[str, Any] | None:
+            async with gate:
+                return await routes.one(name, req)
+
+        results: list[Any] = list(await asyncio.gather(*(run(req) for req in searches)))
+        upstream_rows = [i for i, result in enumerate(results) if result is None]
         if upstream_rows:
             # The plain queries of a mixed batch go to the server as one batch of their own.
             content = json.dumps({"searches": [searches[i] for i in upstream_rows]}).encode()
