@@ -310,6 +310,11 @@ def test_starts_without_a_bundle_and_becomes_ready_once_one_is_registered(stack,
         response = http.get("/readyz")
         assert response.status_code == 503 and "no bundle" in response.json()["reason"]
         assert q(http, {"query": DOC}).status_code == 503
+        # Plain queries need no bundle, also in a batch (whose hark queries run together, sized by the encoder).
+        vector = [0.1] * stack["bundle"].vectors()[0].size
+        plain = http.post("/collections/sounds/points/query/batch",
+                          json={"searches": [{"query": vector, "using": "global", "limit": 2}]})
+        assert plain.status_code == 200 and len(plain.json()["result"][0]["points"]) == 2, plain.text
         register(settings, stack["bundle"].root)
         time.sleep(1.1)  # the service looks for a bundle at most once a second
         response = http.get("/readyz")

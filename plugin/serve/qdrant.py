@@ -41,6 +41,8 @@ _QUERY_PROPS: dict[str, Any] = {
 # hark queries in one query/batch request: each costs an encoder call, a prefilter and a rerank, so without a cap
 # one small body (10,000 queries in 500 KB) held the service for a minute.
 MAX_BATCH_QUERIES = 64
+# Plain queries of an embedded batch run this many at a time (engine calls; no encoder to batch for).
+PLAIN_BATCH_WIDTH = 8
 
 
 def not_found(name: str) -> ApiError:
@@ -244,7 +246,8 @@ def router(service: Service) -> APIRouter:
                                 "the text encoder, a prefilter and a rerank; send several batches")
         # Together, not one after another, so that the micro-batcher merges their encoder calls; at most an encoder
         # batch at a time, so that one batch does not take every worker thread.
-        gate = asyncio.Semaphore(max(1, service.search.text.preferred_batch))
+        # (Plain queries alone need no bundle: a service that is not ready still answers them.)
+        gate = asyncio.Semaphore(max(1, service.search.text.preferred_batch) if hark else PLAIN_BATCH_WIDTH)
 
         async def run(req: Any) -> dict[str, Any] | None:
             async with gate:
