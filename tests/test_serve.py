@@ -219,6 +219,10 @@ def test_a_batchs_hark_queries_share_encoder_calls_and_keep_their_order(http, st
     assert calls < len(texts), calls
     for one, batched in zip(alone, response.json()["result"], strict=True):
         assert [p["id"] for p in batched["points"]] == [p["id"] for p in one["result"]["points"]]
+    # Two bad queries: the first by position answers, as when the queries ran one by one.
+    bad = http.post("/collections/sounds/points/query/batch", json={"searches": [
+        {"query": DOC, "limit": 2}, {"query": DOC, "limit": 0}, {"query": DOC, "using": "tokens"}]})
+    assert bad.status_code == 400 and "limit must be" in bad.json()["status"]["error"], bad.text
 
 
 def test_infer_takes_a_bounded_number_of_inputs(http):

@@ -253,7 +253,10 @@ def router(service: Service) -> APIRouter:
             async with gate:
                 return await routes.one(name, req)
 
-        results: list[Any] = list(await asyncio.gather(*(run(req) for req in searches)))
+        results: list[Any] = list(await asyncio.gather(*(run(req) for req in searches), return_exceptions=True))
+        for result in results:  # the first bad query by position answers, as when they ran one by one
+            if isinstance(result, BaseException):
+                raise result
         upstream_rows = [i for i, result in enumerate(results) if result is None]
         if upstream_rows:
             # The plain queries of a mixed batch go to the server as one batch of their own.
