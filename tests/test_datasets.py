@@ -350,5 +350,5 @@ def test_id_lists_normalise_ascii_numbers_and_keep_other_digits_as_text(tmp_path
     from hark.training.data.formats import read_id_list
 
     path = tmp_path / "exclude.txt"
-    path.write_text("00123\n²\n٣4\nabc.wav\n", encoding="utf-8")
-    assert read_id_list(path) == {"123", "²", "٣4", "abc"}
+    path.write_text("00123\n²\n٣4\nabc.wav\n000\n" + "7" * 5000 + "\n", encoding="utf-8")
+    assert read_id_list(path) == {"123", "²", "٣4", "abc", "0", "7" * 5000}  # 5000 digits: past int()'s limit

@@ -28,6 +28,7 @@ _SCHEMA = json_body_schema({
 # 5,000 for a RoBERTa-large-size encoder). Qdrant's own calls carry a query's or a batch's documents.
 MAX_INPUTS = 256
 
+
 def parse(service: Service, body: Any) -> tuple[list[str], list[str]]:
     """(texts, kinds) of a valid request; ApiError 400 naming the first bad field otherwise."""
     if not isinstance(body, dict):

@@ -71,7 +71,8 @@ def is_hark(req: Any) -> bool:
 
 def point_id(raw: str) -> int | str:
     """A path's point id: an unsigned 64-bit integer or a UUID (as Qdrant), else a 400."""
-    if raw.isascii() and raw.isdigit() and int(raw) < 2 ** 64:  # isdigit alone accepts "²", which int() refuses
+    # isdigit alone accepts "²", which int() refuses; u64 ids have at most 20 digits (int() refuses 4300+).
+    if raw.isascii() and raw.isdigit() and len(raw) <= 20 and int(raw) < 2 ** 64:
         return int(raw)
     try:
         return str(uuid.UUID(raw))

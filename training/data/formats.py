@@ -190,7 +190,8 @@ def _first_existing(candidates: Iterable[Path]) -> list[Path]:
 
 def _normalise_id(value: object) -> str:
     text = _strip_audio_suffix(str(value).strip())
-    return str(int(text)) if text.isascii() and text.isdigit() else text  # int() refuses some isdigit() text: "²"
+    # Leading zeros dropped from ASCII numbers without int(), which refuses "²" (a digit to isdigit) and 4300+ digits.
+    return (text.lstrip("0") or "0") if text.isascii() and text.isdigit() else text
 
 
 def read_id_list(path: Path) -> set[str]:
