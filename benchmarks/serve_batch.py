@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import serve as sb
 from fastapi.testclient import TestClient
-from test_serve import settings_for
 
 from hark.bundle import Bundle
 from hark.plugin.serve import create_app
+from hark.settings import Settings
 from hark.store import connect
 
 
@@ -39,7 +38,10 @@ def main() -> None:
     if not (args.root / "bundle" / "manifest.json").exists():
         sb.build_bundle(args.root, quick=False)
     bundle = Bundle.load(args.root / "bundle")
-    config = settings_for(Path(tempfile.mkdtemp()), HARK_COLLECTION="sounds")
+    tmp = Path(tempfile.mkdtemp())
+    config = Settings.load(toml_path=tmp / "none.toml", env={
+        "HARK_COLLECTION": "sounds", "HARK_DEVICE": "cpu", "HARK_QDRANT_PATH": str(tmp / "qdrant"),
+        "HARK_STATE_DIR": str(tmp / "state"), "HARK_MODELS_DIR": str(tmp / "models")})
     client = connect(config)
     sb.fill(client, bundle, args.clips, "sounds", np.random.default_rng(0))
     app = create_app(config, bundle, client=client)
