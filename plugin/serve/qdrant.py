@@ -179,11 +179,14 @@ class QdrantRoutes:
             score_threshold=request.score_threshold, lookup_from=request.lookup_from))
         return response.model_dump(mode="json", exclude_none=True)
 
-    async def one(self, name: str, req: Any) -> dict[str, Any] | None:
-        """A hark query's (or an embedded plain query's) result, or None when it is for the upstream server."""
+    async def one(self, name: str, req: Any, hark: bool | None = None) -> dict[str, Any] | None:
+        """A hark query's (or an embedded plain query's) result, or None when it is for the upstream server.
+
+        `hark` is `is_hark(req)` where the caller has it already (a batch decides it once per query).
+        """
         if not isinstance(req, dict):
             raise ApiError(400, "Format error in JSON body: a query request must be a JSON object")
-        if is_hark(req):
+        if is_hark(req) if hark is None else hark:
             return await run_in_threadpool(self.hark_query, name, req)
         if self.service.upstream is not None:
             return None
@@ -241,7 +244,8 @@ def router(service: Service) -> APIRouter:
         searches = body.get("searches") if isinstance(body, dict) else None
         if not isinstance(searches, list):
             raise ApiError(400, "Format error in JSON body: 'searches' must be a list of query requests")
-        hark = sum(1 for req in searches if is_hark(req))
+        kinds = [is_hark(req) for req in searches]
+        hark = sum(kinds)
         if hark > MAX_BATCH_QUERIES:
             raise ApiError(400, f"a batch holds at most {MAX_BATCH_QUERIES} hark queries ({hark} here): each runs "
                                 "the text encoder, a prefilter and a rerank; send several batches")
@@ -250,11 +254,12 @@ def router(service: Service) -> APIRouter:
         # (Plain queries alone need no bundle: a service that is not ready still answers them.)
         gate = asyncio.Semaphore(max(1, service.search.text.preferred_batch) if hark else PLAIN_BATCH_WIDTH)
 
-        async def run(req: Any) -> dict[str, Any] | None:
+        async def run(req: Any, kind: bool) -> dict[str, Any] | None:
             async with gate:
-                return await routes.one(name, req)
+                return await routes.one(name, req, kind)
 
-        results: list[Any] = list(await asyncio.gather(*(run(req) for req in searches), return_exceptions=True))
+        pending = (run(req, kind) for req, kind in zip(searches, kinds, strict=True))
+        results: list[Any] = list(await asyncio.gather(*pending, return_exceptions=True))
         for result in results:  # the first bad query by position answers, as when they ran one by one
             if isinstance(result, BaseException):
                 raise result
