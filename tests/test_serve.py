@@ -469,6 +469,32 @@ def test_a_second_encoder_call_runs_while_one_is_in_flight():
     assert len(workers) == 2 and not any(w.is_alive() for w in workers)  # close stopped every encoder thread
 
 
+def test_an_encoder_call_that_raises_timeout_error_fails_its_requests_instead_of_hanging(monkeypatch):
+    """A TimeoutError from the encoder (a socket timeout, a provider's own deadline) reaches the caller; the wait
+    loop used to take it for its own poll timeout and spin forever."""
+    from hark.plugin.serve import batcher as batching
+
+    monkeypatch.setattr(batching, "STRANDED_CHECK_S", 0.05)
+
+    def run(_outputs, _feeds):
+        raise TimeoutError("the provider gave up")
+
+    batcher = batching.TextBatcher(wait_ms=1, max_batch=8)
+    outcome = []
+
+    def call():
+        try:
+            batcher.encode(_fake_encoder(run), ["a dog"])
+        except TimeoutError as exc:
+            outcome.append(str(exc))
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=10)
+    batcher.close()
+    assert not caller.is_alive() and outcome == ["the provider gave up"]
+
+
 def test_a_request_queued_after_close_stopped_the_encoder_threads_is_still_answered(monkeypatch):
     """A request that found the workers alive, then queued its texts after a concurrent `close` had stopped them,
     gets its rows (it used to wait forever)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,11 +67,11 @@ class TextBatcher:
         self._ensure_thread()
         job = _Job(encoder, list(texts))
         self._queue.put(job)
-        while True:
-            try:
-                return job.future.result(timeout=STRANDED_CHECK_S)
-            except TimeoutError:
-                self._ensure_thread()
+        # Waits with `wait`, not `result(timeout=)`: that raises TimeoutError both when time is up and when the
+        # encoder call itself failed with one, which looped here forever.
+        while not wait([job.future], timeout=STRANDED_CHECK_S).done:
+            self._ensure_thread()
+        return job.future.result()
 
     def close(self) -> None:
         with self._start_lock:
