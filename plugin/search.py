@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,11 +85,18 @@ class SearchResult:
 
     hits: list[list[Hit]]
     times: StageTimes
+    # The physical collection the hits were read from (the alias's target when the call began): a caller that
+    # reads more of the hits' points reads them there.
+    collection: str = ""
 
 
 # An encoder override: (text encoder, texts) -> (the batch, seconds spent tokenizing). The service passes a
 # micro-batcher here so concurrent requests share one encoder call.
 Encode = Callable[[TextEncoder, list[str]], tuple[TextBatch, float]]
+
+
+# Model versions whose sessions stay loaded: the live one, the one before it (a rollback) and one more.
+MAX_ENGINES = 3
 
 
 def _call(fn: Callable[[], Any]) -> Any:
@@ -135,7 +143,8 @@ class AudioSearch:
         self.collection = collection
         self.candidates = candidates
         self.registry = registry
-        self._engines: dict[str, tuple[Bundle, TextEncoder, Reranker | None]] = {}
+        # Versions' sessions, most recently used last; at most MAX_ENGINES (each holds a text tower's weights).
+        self._engines: OrderedDict[str, tuple[Bundle, TextEncoder, Reranker | None]] = OrderedDict()
         self._engines_lock = threading.Lock()  # loading a version's sessions once, whichever thread asks first
         self._local = threading.local()  # per-thread timings of the last call (the `last_times` accessor)
         self._use(bundle if isinstance(bundle, Bundle) else Bundle.load(bundle))
@@ -152,7 +161,16 @@ class AudioSearch:
                 reranker = Reranker(bundle, self.device) if bundle.has_rerank else None
                 self._engines[bundle.version] = (bundle, TextEncoder(bundle, self.device, self.text_precision),
                                                  reranker)
+                # Every re-index switch would otherwise keep one more set of sessions for the life of the
+                # process; a query still using a dropped one holds its own reference until it ends.
+                while len(self._engines) > MAX_ENGINES:
+                    self._engines.popitem(last=False)
+            self._engines.move_to_end(bundle.version)
             return self._engines[bundle.version]
+
+    def _cached_engine(self, version: str) -> tuple[Bundle, TextEncoder, Reranker | None] | None:
+        with self._engines_lock:
+            return self._engines.get(version)
 
     def _use(self, bundle: Bundle) -> tuple[Bundle, TextEncoder, Reranker | None]:
         engine = self._engine(bundle)
@@ -162,19 +180,40 @@ class AudioSearch:
         return engine
 
     def _follow_alias(self, collection: str, store_call: Callable[[Callable[[], Any]], Any] | None = None,
-                      ) -> tuple[Bundle, TextEncoder, Reranker | None]:
+                      ) -> tuple[tuple[Bundle, TextEncoder, Reranker | None], str]:
+        """The engine of the version `collection` serves now, and the physical collection that version lives in.
+
+        The alias is read once per query and every later read (prefilter, rerank rows, moments, vectors) goes to
+        that physical collection: a re-index that switches the alias mid-query cannot pair this model's query
+        with the next model's vectors. A versioned collection named directly (`NAME__<version>`) gets its own
+        version's engine too, when that version is registered.
+        """
         current = self._engine(self.bundle)
         if self.registry is None:
-            return current
-        from hark.registry import resolve_bundle
-        from hark.store import live_version
+            return current, collection
+        from hark.registry import registered_folder
+        from hark.store import resolve_collection, version_of
 
-        version = (store_call or _call)(lambda: live_version(self.client, collection))
-        if version and version != current[0].version:
-            cached = self._engines.get(version)
-            return self._use(cached[0] if cached else Bundle.load(resolve_bundle(self.registry, version),
-                                                                  state_dir=getattr(self.registry, "state_dir", None)))
-        return current
+        physical = (store_call or _call)(lambda: resolve_collection(self.client, collection))
+        version = version_of(physical)
+        if not version or version == current[0].version:
+            return current, physical
+        cached = self._cached_engine(version)
+        if cached:
+            return self._use(cached[0]), physical
+        # Only the registry's folders: a collection's name never chooses a path to read.
+        folder = registered_folder(self.registry, version)
+        if folder is None:
+            if physical == collection:  # a plain collection whose name happens to hold "__"
+                return current, physical
+            raise QueryError(f"collection '{collection}' serves model version {version!r}, which is not registered "
+                             f"in {self.registry.models_dir}")
+        return self._use(Bundle.load(folder, state_dir=getattr(self.registry, "state_dir", None))), physical
+
+    def engine_for(self, collection: str | None = None, store_call: Callable[[Callable[[], Any]], Any] | None = None,
+                   ) -> tuple[Bundle, TextEncoder, Reranker | None]:
+        """(bundle, text encoder, reranker) of the version `collection` (default: this search's) serves now."""
+        return self._follow_alias(collection or self.collection, store_call)[0]
 
     # -- public API ----------------------------------------------------------------------------------
     def search(self, text: str, limit: int = 10, filter: Any = None, candidates: int | None = None,
@@ -201,7 +240,7 @@ class AudioSearch:
         from hark.store import query_candidates
 
         texts = self._check(texts, limit, candidates, offset)
-        bundle, text_encoder, reranker = self._follow_alias(collection or self.collection, store_call)
+        (bundle, text_encoder, reranker), physical = self._follow_alias(collection or self.collection, store_call)
         # Captions that state an order are checked against the hits' moments: their events are encoded in the
         # same encoder call as the queries.
         order_weight = bundle.fusion.get("order", 0.0) if order and bundle.moments is not None else 0.0
@@ -233,7 +272,7 @@ class AudioSearch:
         def prefilter():
             # The candidates come back as arrays (hark.store.candidates): no per-point models, and the `tokens`
             # rows already packed for the reranker.
-            return query_candidates(self.client, collection or self.collection, sentence, "global", k, flt,
+            return query_candidates(self.client, physical, sentence, "global", k, flt,
                                     rows="tokens" if use_rerank else None)
 
         found = store_call(prefilter) if store_call is not None else prefilter()
@@ -251,7 +290,7 @@ class AudioSearch:
         times.fuse = time.perf_counter() - start
         if bundle.moments is not None and any(ranked):
             start = time.perf_counter()
-            stored = self._moment_rows(collection or self.collection, ranked, store_call)
+            stored = self._moment_rows(physical, ranked, store_call)
             for q, ev in enumerate(events):
                 if ev:
                     ranked[q] = self._order(ranked[q], stored, event_vectors[q], bundle.moments, order_weight,
@@ -261,7 +300,7 @@ class AudioSearch:
             times.moments = time.perf_counter() - start
         else:
             results = [hits[offset:] for hits in ranked]
-        return SearchResult(results, times)
+        return SearchResult(results, times, physical)
 
     def _moment_rows(self, collection: str, ranked: list[list[Hit]],
                      store_call: Callable[[Callable[[], Any]], Any] | None) -> dict[Any, np.ndarray]:
@@ -339,9 +378,10 @@ class AudioSearch:
         for i, (pid, cosine, payload) in enumerate(zip(candidates.ids, candidates.scores.tolist(),
                                                        candidates.payloads, strict=True)):
             part = None if att is None or np.isnan(att[i]) else float(att[i])
-            # Without an attention score (no rerank asked, or a candidate without clip rows) the score is the
-            # bi-encoder's cosine alone: fitted weights may give the cosine no weight of its own.
-            fused = cosine if part is None else w_cos * cosine + w_att * part
+            # No rerank asked: the bi-encoder's cosine alone (fitted weights may give it no weight of its own). A
+            # candidate without clip rows among reranked ones stands in its cosine for the attention score, so that
+            # it stays on the fused scale (its cosine alone is half of it with weights 1 and 1).
+            fused = cosine if att is None else w_cos * cosine + w_att * (cosine if part is None else part)
             windows = payload.get("windows", 1)
             hits.append(Hit(id=pid, score=fused, cosine=cosine, rerank=part, payload=payload,
                             source=payload.get("source_uri"),

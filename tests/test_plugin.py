@@ -438,3 +438,35 @@ def test_without_rerank_hits_rank_by_cosine_even_when_the_fitted_fusion_ignores_
     assert [h.score for h in hits] == [0.9, 0.5, 0.2]
     reranked = AudioSearch._fuse(attention_only, points, np.array([0.1, 0.3, np.nan]), 3, False)
     assert [(h.id, h.score) for h in reranked] == [(2, 0.5), (1, 0.3), (0, 0.1)]
+
+
+def test_a_candidate_without_clip_rows_stays_on_the_fused_scale():
+    """Among reranked candidates, one without rows (deleted between search and read, or stored without `tokens`)
+    is scored with its cosine standing in for the attention score: with weights 1 and 1 its cosine alone was half
+    the scale of the others' and sank below weaker clips."""
+    from types import SimpleNamespace
+
+    from hark.store.candidates import from_points
+
+    points = from_points([SimpleNamespace(id=i, score=s, payload={}) for i, s in enumerate([0.8, 0.5])], None)
+    hits = AudioSearch._fuse({"cosine": 1.0, "attention": 1.0}, points, np.array([np.nan, 0.5]), 2, False)
+    assert [(h.id, h.score, h.rerank) for h in hits] == [(0, 1.6, None), (1, 1.0, 0.5)]
+
+
+def test_the_facade_keeps_the_sessions_of_a_few_model_versions_only(bundle_dir, monkeypatch):
+    """Each re-index switch loads another version's sessions; the least recently used are dropped past
+    MAX_ENGINES, so a long-running server does not hold every model it ever served."""
+    from types import SimpleNamespace
+
+    from hark.plugin import search as facade
+
+    search = AudioSearch(None, bundle_dir, "audio", "cpu")
+    monkeypatch.setattr(facade, "TextEncoder", lambda bundle, *_args: SimpleNamespace(version=bundle.version))
+    monkeypatch.setattr(facade, "MAX_ENGINES", 2)
+
+    def version(name: str):
+        return SimpleNamespace(version=name, has_rerank=False, fusion={"cosine": 1.0})
+
+    for name in ("v2", "v3", "v2", "v4"):
+        search._use(version(name))
+    assert list(search._engines) == ["v2", "v4"] and search.bundle.version == "v4"

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -59,6 +60,23 @@ def second_bundle(trained_run, tmp_path_factory):
     return export_bundle(tmp / "v2.pt", tmp / "bundle")
 
 
+class AliasMovesAfterFirstLookup:
+    """A client whose alias `name` answers `first` once, then the truth: a re-index switch that lands between a
+    query's choice of model and its reads of the store."""
+
+    def __init__(self, client, name: str, first: str) -> None:
+        self._client, self._name, self._first = client, name, first
+
+    def alias_map(self) -> dict[str, str]:
+        aliases = dict(self._client.alias_map())
+        if self._first is not None:
+            aliases[self._name], self._first = self._first, None
+        return aliases
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
 def _setup(tmp: Path, corpus: Path, first: Path, second: Path) -> tuple[Settings, str, str]:
     settings = Settings.load(tmp / "none.toml", env={
         "HARK_QDRANT_PATH": str(tmp / "qdrant"), "HARK_STATE_DIR": str(tmp / "state"), "HARK_DEVICE": "cpu",
@@ -105,8 +123,31 @@ def test_reindex_while_queries_run_then_rollback(bundle_dir, second_bundle, corp
     assert {h.payload["model_version"] for h in after} == {new_v}
     assert search.bundle.version == new_v  # the facade followed the alias to the new model
 
+    # One alias lookup per query: a switch between choosing the model and reading the vectors leaves the query
+    # on the collection of the model it chose (it used to encode with the old model and search the new vectors).
+    moved = AudioSearch(AliasMovesAfterFirstLookup(client, "sounds", f"sounds__{old_v}"), new, "sounds", "cpu",
+                        registry=settings)
+    hits = moved.search("a bell rings", limit=5)
+    assert moved.bundle.version == old_v and {h.payload["model_version"] for h in hits} == {old_v}
+    assert {h.payload["model_version"] for h in moved.search("a bell rings", limit=5)} == {new_v}
+
     back = rollback(settings, client, "sounds")
     assert back["live"] == f"sounds__{old_v}"
+    # The inference protocol embeds with the model the collection serves now, not the one loaded first (the new
+    # one here); Qdrant then searches the old vectors with it.
+    from fastapi.testclient import TestClient
+
+    from hark.plugin.serve import create_app
+
+    with TestClient(create_app(settings, new, client)) as api:
+        served = api.post("/infer", json={"inputs": [{"data": "a bell rings", "data_type": "text",
+                                                       "model": "hark"}], "inference": "search"})
+    assert served.status_code == 200, served.text
+    live_bundle, live_text, _ = search.engine_for("sounds")
+    expected = live_text.encode(["a bell rings"]).sentence[0]
+    newer = search._engine(Bundle.load(new))[1].encode(["a bell rings"]).sentence[0]
+    assert live_bundle.version == old_v and np.abs(expected - newer).max() > 1e-3
+    np.testing.assert_allclose(served.json()["embeddings"][0], expected, atol=1e-4)
     assert {h.payload["model_version"] for h in search.search("a bell rings", limit=5)} == {old_v}
     with pytest.raises(ReindexError, match="already serves"):
         reindex(settings, store, "sounds", old_v, client=client)

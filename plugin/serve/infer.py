@@ -77,7 +77,9 @@ def router(service: Service) -> APIRouter:
         def embed() -> list[Any]:
             service.batcher.enter()
             try:
-                encoded, _ = service.batcher.encode(service.search.text, texts)
+                # The model the default collection serves now, not whichever version a query used last.
+                text = service.search.engine_for(service.settings.collection, service.store)[1]
+                encoded, _ = service.batcher.encode(text, texts)
             finally:
                 service.batcher.leave()
             out = []

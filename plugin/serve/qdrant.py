@@ -132,13 +132,14 @@ class QdrantRoutes:
             raise ApiError(400, "options.rerank must be a boolean")
         if not service.collection_exists(name):
             raise not_found(name)
-        hits = service.run_search([document.text], limit=limit, offset=offset, filter=request.filter,
-                                  candidates=candidates, rerank=rerank, collection=name).hits[0]
+        result = service.run_search([document.text], limit=limit, offset=offset, filter=request.filter,
+                                    candidates=candidates, rerank=rerank, collection=name)
+        hits = result.hits[0]
         if request.score_threshold is not None:
             hits = [h for h in hits if h.score >= request.score_threshold]
         vectors: dict[Any, Any] = {}
         if request.with_vector and hits:
-            physical = service.physical(name)
+            physical = result.collection or service.physical(name)  # where the hits came from, not the alias now
             records = service.store(lambda: service.client.retrieve(
                 physical, [h.id for h in hits], with_payload=False, with_vectors=request.with_vector))
             vectors = {r.id: r.vector for r in records}

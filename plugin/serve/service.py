@@ -133,7 +133,8 @@ class Service:
 
     @property
     def bundle(self) -> Bundle:
-        return self.search.bundle
+        """The bundle of the version the default collection serves now (it follows re-indexes and rollbacks)."""
+        return self.search.engine_for(self.settings.collection, self.store)[0]
 
     # -- store calls ---------------------------------------------------------------------------------
     def store_lock(self, write: bool = False) -> contextlib.AbstractContextManager:
