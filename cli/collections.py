@@ -14,7 +14,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     collection = args.collection or settings.collection
-    report = reindex(settings, job_store(settings), collection, args.bundle)
+    report = reindex(settings, job_store(settings), collection, args.bundle, allow_failures=args.allow_failures)
     if args.json:
         print_json(report)
     else:
@@ -67,10 +67,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reindex", help="rebuild a collection with another model version, then switch its alias",
                        description="Builds NAME__VERSION from the source files recorded in the live collection, "
-                       "verifies it (every live point present, sampled vectors recomputed), switches the alias "
-                       "atomically and prunes versions beyond HARK_KEEP_COLLECTIONS. Resumes an interrupted run.")
+                       "verifies it (every live file stored complete, sampled vectors recomputed), switches the alias "
+                       "atomically and prunes versions beyond HARK_KEEP_COLLECTIONS. Resumes an interrupted run; "
+                       "files that failed refuse the switch, and running it again retries them.")
     p.add_argument("--collection", help="collection alias; default HARK_COLLECTION")
     p.add_argument("--bundle", required=True, help="registered version or bundle folder to switch to")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="switch even though some files failed to re-ingest (they stay only in the previous "
+                        "collection, which is then not pruned)")
     add_json(p, "print the report as JSON")
     p.set_defaults(func=cmd_reindex)
 

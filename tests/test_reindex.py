@@ -204,3 +204,96 @@ def test_beat_tick_starts_and_finishes_a_reindex(bundle_dir, second_bundle, corp
     entry = make_app(settings).conf.beat_schedule["hark-reindex"]
     assert entry["options"]["expires"] == entry["schedule"] == float(settings.reindex_interval)
     assert store.lock("reindex-tick", 60) and not store.lock("reindex-tick", 60)
+
+
+# -- the re-index state machine on hand-made collections (no model needed) ------------------------------------
+
+def _small_store(tmp: Path) -> tuple[Settings, object, FileJobStore]:
+    from qdrant_client.http import models
+
+    settings = Settings.load(tmp / "none.toml", env={
+        "HARK_QDRANT_PATH": str(tmp / "qdrant"), "HARK_STATE_DIR": str(tmp / "state"),
+        "HARK_MODELS_DIR": str(tmp / "models")})
+    client = connect(settings)
+    for name in ("sounds__v1", "sounds__v2"):
+        client.create_collection(name, vectors_config={
+            "global": models.VectorParams(size=4, distance=models.Distance.COSINE)})
+    return settings, client, FileJobStore(settings.state_dir)
+
+
+def _file_points(uri: str, windows: int, extra_names: tuple[str, ...] = ()) -> list:
+    import uuid
+
+    from qdrant_client.http import models
+
+    return [models.PointStruct(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{uri}:{i}")), vector={"global": [1, 0, 0, i]},
+                               payload={"source_uri": uri, "sources": [uri, *extra_names], "window_index": i,
+                                        "windows": windows})
+            for i in range(windows)]
+
+
+def _state(store: FileJobStore, outcomes: dict[str, tuple[str, str]]) -> dict:
+    job = f"job-{len(outcomes)}-{time.time_ns()}"
+    store.create(job, "sounds", len(outcomes), "bundle")
+    for path, (status, reason) in outcomes.items():
+        store.record(job, path, status, reason)
+    return {"collection": "sounds", "job": job, "from": "sounds__v1", "target": "sounds__v2", "version": "v2",
+            "bundle": "bundle", "started": time.time()}
+
+
+def test_verify_compares_files_not_window_ids_and_refuses_to_drop_failed_files(tmp_path, monkeypatch):
+    """A new model may cut a recording into other windows (the old version stored two for a.wav, the new one
+    one): verify asks that every file be stored complete, not that the old point ids exist. A file that failed
+    to re-ingest refuses the switch unless allowed: the switch (and the prune after it) used to drop it, and
+    with every file failed (an unmounted share) it switched to an empty collection."""
+    from hark.workers import reindex as reindexing
+    from hark.workers.reindex import verify
+
+    settings, client, store = _small_store(tmp_path)
+    monkeypatch.setattr(reindexing, "_recompute_sample", lambda *_args: 0)
+    try:
+        client.upsert("sounds__v1", _file_points("a.wav", 2, ("copy-of-a.wav",)) + _file_points("b.wav", 1))
+        client.upsert("sounds__v2", _file_points("a.wav", 1, ("copy-of-a.wav",)) + _file_points("b.wav", 1))
+        done = _state(store, {"a.wav": ("ingested", ""), "copy-of-a.wav": ("duplicate", ""),
+                              "b.wav": ("ingested", "")})
+        report = verify(settings, client, store, done)
+        assert (report["files"], report["expected"], report["stored"], report["failed_files"]) == (3, 3, 2, 0)
+
+        failed = _state(store, {"a.wav": ("ingested", ""), "b.wav": ("failed", "unreadable: gone")})
+        with pytest.raises(ReindexError, match=r"1 of 2 files of sounds__v1 failed to re-ingest \(b.wav: unread"):
+            verify(settings, client, store, failed)
+        assert verify(settings, client, store, failed, allow_failures=True)["failed_files"] == 1
+
+        client.delete("sounds__v2", [_file_points("b.wav", 1)[0].id])
+        with pytest.raises(ReindexError, match="1 files of sounds__v1 are missing from sounds__v2"):
+            verify(settings, client, store, done)
+    finally:
+        client.close()
+
+
+def test_the_beat_tick_reports_one_collections_trouble_and_goes_on(tmp_path, monkeypatch):
+    """A re-index whose files failed is an error of that collection only; one recorded without a job (its start
+    died before submitting) is resumed once stale; one rolled back (pinned) while running is abandoned."""
+    from hark.registry import pin
+    from hark.workers import reindex as reindexing
+    from hark.workers.reindex import STALE_START_S, run_tick, switch_alias
+
+    settings, client, store = _small_store(tmp_path)
+    resumed = []
+    monkeypatch.setattr(reindexing, "resume", lambda _s, _c, _st, state: resumed.append(state["collection"]))
+    try:
+        for alias in ("failing", "stale", "pinned"):
+            switch_alias(client, alias, "sounds__v1")
+        for alias, outcomes in (("failing", {"a.wav": ("failed", "unreadable")}), ("pinned", {})):
+            store.set_reindex(alias, {**_state(store, outcomes), "collection": alias})
+        store.set_reindex("stale", {**_state(store, {}), "collection": "stale", "job": None,
+                                    "started": time.time() - STALE_START_S - 1})
+        pin(settings, "pinned", "v1")
+    finally:
+        client.close()
+    actions = run_tick(settings)
+    [error] = actions["errors"]
+    assert error.startswith("failing: 1 of 1 files of sounds__v1 failed to re-ingest (a.wav: unreadable)")
+    assert resumed == ["stale"] and actions["running"] == ["stale"]
+    assert actions["abandoned"] == ["sounds__v2"] and store.reindex_state("pinned") is None
+    assert store.reindex_state("failing")["job"]  # kept: `hark reindex` retries its files

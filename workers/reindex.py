@@ -28,6 +28,8 @@ from .submit import submit_job, wait_for
 log = logging.getLogger(__name__)
 
 SAMPLE_CHECKS = 5
+# A re-index recorded without a job for this long died between `start` recording it and submitting its job.
+STALE_START_S = 3600
 
 
 class ReindexError(HarkError):
@@ -85,25 +87,52 @@ def start(settings: Settings, client, store: JobStore, collection: str, bundle_r
     return state
 
 
-def verify(settings: Settings, client, store: JobStore, state: dict[str, Any]) -> dict[str, Any]:
-    """Every live point whose source did not fail is in the new collection, and sampled vectors recompute."""
-    status = store.status(state["job"])
-    failed = set(status["failures"])
-    _, live_ids = _sources(client, state["from"])
-    expected = {pid for uri, pids in live_ids.items() if uri not in failed for pid in pids}
-    found: set[str] = set()
+def _stored_names(client, physical: str) -> set[str]:
+    """Every name (first and other) of the files stored complete in `physical` (their points carry `windows`)."""
+    names: set[str] = set()
     offset = None
     while True:
-        points, offset = client.scroll(state["target"], limit=1024, offset=offset, with_payload=False,
-                                       with_vectors=False)
-        found.update(str(p.id) for p in points)
+        points, offset = client.scroll(physical, limit=1024, offset=offset,
+                                       with_payload=["source_uri", "sources", "windows"], with_vectors=False)
+        for p in points:
+            payload = p.payload or {}
+            if payload.get("windows") and payload.get("source_uri"):
+                names.add(payload["source_uri"])
+                names.update(payload.get("sources") or [])
         if offset is None:
             break
-    missing = expected - found
+    return names
+
+
+def verify(settings: Settings, client, store: JobStore, state: dict[str, Any],
+           allow_failures: bool = False) -> dict[str, Any]:
+    """Every file of the live collection is stored complete in the new one, and sampled vectors recompute.
+
+    Files, not point ids: a new model may cut recordings into other windows. A file that failed to re-ingest
+    refuses the switch (the new collection would lose it) unless `allow_failures`.
+    """
+    status = store.status(state["job"])
+    failed = dict(status["failures"])
+    if failed and not allow_failures:
+        examples = "; ".join(f"{uri}: {reason}" for uri, reason in list(failed.items())[:3])
+        raise ReindexError(f"{len(failed)} of {status['total']} files of {state['from']} failed to re-ingest "
+                           f"({examples}); the alias stays on {state['from']}. Run `hark reindex` again to retry "
+                           "them, or with --allow-failures to switch without them")
+    items, live_ids = _sources(client, state["from"])
+    expected = {item.path for item in items} - set(failed)
+    found = _stored_names(client, state["target"])
+    missing = sorted(expected - found)
     if missing:
-        raise ReindexError(f"{len(missing)} points of {state['from']} are missing from {state['target']}")
+        raise ReindexError(f"{len(missing)} files of {state['from']} are missing from {state['target']} "
+                           f"(e.g. {missing[0]}); run `hark reindex` again to resubmit them")
     checked = _recompute_sample(settings, client, state)
-    return {"expected": len(expected), "stored": len(found), "failed_files": len(failed), "recomputed": checked}
+    return {"expected": sum(len(v) for uri, v in live_ids.items() if uri not in failed),
+            "files": len(expected), "stored": _count(client, state["target"]), "failed_files": len(failed),
+            "recomputed": checked}
+
+
+def _count(client, physical: str) -> int:
+    return int(client.count(physical, exact=True).count)
 
 
 def _recompute_sample(settings: Settings, client, state: dict[str, Any]) -> int:
@@ -113,19 +142,30 @@ def _recompute_sample(settings: Settings, client, state: dict[str, Any]) -> int:
     ingestor = ingestor_for(state["bundle"], settings)
     points, _ = client.scroll(state["target"], limit=SAMPLE_CHECKS, with_payload=True, with_vectors=["global"])
     sr = ingestor.bundle.sample_rate
+    checked = 0
     for p in points:
         payload = p.payload or {}
         index = int(payload["window_index"])
-        with local_copy(payload["source_uri"]) as copy:
-            # Stream up to the window needed: a long recording is never held whole.
-            piece = next(w for i, (_, w) in enumerate(stream_windows(iter_audio(copy.path, sr),
-                                                                       ingestor.window_samples, sr)) if i == index)
+        try:
+            with local_copy(payload["source_uri"]) as copy:
+                # Stream up to the window needed: a long recording is never held whole.
+                windows = enumerate(stream_windows(iter_audio(copy.path, sr), ingestor.window_samples, sr))
+                piece = next((w for i, (_, w) in windows if i == index), None)
+        except (HarkError, OSError) as exc:
+            piece, why = None, str(exc)
+        else:
+            why = "the file is shorter now"
+        if piece is None:
+            # The source changed or went away since it was ingested: it says nothing about the new vectors.
+            log.warning("re-index check skips %s: %s", payload["source_uri"], why)
+            continue
+        checked += 1
         fresh = ingestor.encoder.encode_windows([piece], with_moments=False)[0].global_
         stored = np.asarray(p.vector["global"], dtype=np.float32)
         cos = float(fresh @ stored / (np.linalg.norm(fresh) * np.linalg.norm(stored) + 1e-12))
         if cos < 0.999:
             raise ReindexError(f"stored vector of {payload['source_uri']} does not recompute (cosine {cos:.4f})")
-    return len(points)
+    return checked
 
 
 def switch_alias(client, collection: str, target: str) -> None:
@@ -140,23 +180,46 @@ def switch_alias(client, collection: str, target: str) -> None:
     client.update_collection_aliases(change_aliases_operations=operations)
 
 
-def finish(settings: Settings, client, store: JobStore, collection: str) -> dict[str, Any]:
-    """Verify the new collection, switch the alias, prune old versions, clear the re-index mark."""
+def finish(settings: Settings, client, store: JobStore, collection: str,
+           allow_failures: bool = False) -> dict[str, Any]:
+    """Verify the new collection, switch the alias, prune old versions, clear the re-index mark.
+
+    A switch without some files (`allow_failures`) prunes nothing: the previous collection still holds them.
+    """
     state = store.reindex_state(collection)
     if not state or not state.get("job"):
         raise ReindexError(f"no re-index of '{collection}' in progress")
-    report = verify(settings, client, store, state)
+    pinned = active_pin(settings, collection)
+    if pinned is not None and pinned != state["version"]:
+        raise ReindexError(f"'{collection}' is pinned to version {pinned} (a rollback); the re-index to "
+                           f"{state['version']} does not switch it. Lift the pin (hark models unpin) first")
+    report = verify(settings, client, store, state, allow_failures)
     switch_alias(client, collection, state["target"])
     store.set_reindex(collection, None)
-    pruned = prune(settings, client, collection)
+    pruned = prune(settings, client, collection) if not report["failed_files"] else []
     log.info("re-index of %s: %s is live (%s)", collection, state["target"], report)
     return {**report, "collection": collection, "live": state["target"], "previous": state["from"],
             "pruned": pruned}
 
 
+def resume(settings: Settings, client, store: JobStore, state: dict[str, Any]) -> dict[str, Any]:
+    """Submit a re-index's sources again under a new job: what is stored already is skipped as a duplicate, so
+    this finishes an interrupted job and retries the files that failed."""
+    items, _ = _sources(client, state["from"])
+    collection = state["collection"]
+
+    def remember(job_id: str) -> None:
+        state["job"] = job_id
+        store.set_reindex(collection, state)
+
+    submit_job(settings, items, collection, state["bundle"], client=client, on_created=remember)
+    return state
+
+
 def reindex(settings: Settings, store: JobStore, collection: str, bundle_ref: str, client=None,
-            timeout: float | None = None, on_update=None) -> dict[str, Any]:
-    """The whole re-index; resumes one that was interrupted (same bundle) instead of starting over.
+            timeout: float | None = None, on_update=None, allow_failures: bool = False) -> dict[str, Any]:
+    """The whole re-index; resumes one that was interrupted (same bundle) instead of starting over, and retries
+    the files that failed in the last run (switching without them only with `allow_failures`).
 
     Without a client, the embedded folder is opened only while this process needs it, so the workers can
     write to it in between.
@@ -167,22 +230,17 @@ def reindex(settings: Settings, store: JobStore, collection: str, bundle_ref: st
         state = store.reindex_state(collection)
         if not state or state.get("bundle") != bundle_path or not state.get("job"):
             state = start(settings, c, store, collection, bundle_ref)
-        elif store.status(state["job"])["state"] != "done":
-            # Interrupted: submit the sources again; what is stored already is skipped as a duplicate.
-            items, _ = _sources(c, state["from"])
-
-            def remember(job_id: str) -> None:
-                state["job"] = job_id
-                store.set_reindex(collection, state)
-
-            submit_job(settings, items, collection, bundle_path, client=c, on_created=remember)
+        else:
+            status = store.status(state["job"])
+            if status["state"] != "done" or (status["failures"] and not allow_failures):
+                state = resume(settings, c, store, state)
     finally:
         if client is None:
             c.close()
     wait_for(store, state["job"], timeout=timeout, on_update=on_update)
     c = client if client is not None else connect(settings)
     try:
-        return finish(settings, c, store, collection)
+        return finish(settings, c, store, collection, allow_failures)
     finally:
         if client is None:
             c.close()
@@ -246,19 +304,50 @@ def run_tick(settings: Settings) -> dict[str, list[str] | str]:
     if not store.lock("reindex-tick", max(30, settings.reindex_interval)):
         return {"skipped": "another tick holds the lock"}
     actions: dict[str, list] = {"finished": [], "started": [], "running": []}
+    errors: list[str] = []
     client = connect(settings)
     try:
         for alias in client.get_aliases().aliases:
-            state = store.reindex_state(alias.alias_name)
-            if state and state.get("job"):
-                if store.status(state["job"])["state"] == "done":
-                    actions["finished"].append(finish(settings, client, store, alias.alias_name)["live"])
-                else:
-                    actions["running"].append(alias.alias_name)
+            name = alias.alias_name
+            # One collection's trouble (a file that failed, a pin) is reported, never stops the others' work.
+            try:
+                _tick_one(settings, client, store, name, actions)
+            except Exception as exc:
+                log.error("re-index tick, %s: %s", name, exc)
+                errors.append(f"{name}: {exc}")
         for collection, bundle in pending_reindexes(settings, client):
             if store.reindex_state(collection) is None:
-                actions["started"].append(start(settings, client, store, collection, str(bundle))["target"])
+                try:
+                    actions["started"].append(start(settings, client, store, collection, str(bundle))["target"])
+                except Exception as exc:
+                    log.error("re-index tick, starting %s: %s", collection, exc)
+                    errors.append(f"{collection}: {exc}")
     finally:
         client.close()
         store.unlock("reindex-tick")
+    if errors:
+        actions["errors"] = errors
     return actions
+
+
+def _tick_one(settings: Settings, client, store: JobStore, name: str, actions: dict[str, list]) -> None:
+    state = store.reindex_state(name)
+    if not state:
+        return
+    pinned = active_pin(settings, name)
+    if pinned is not None and pinned != state.get("version"):
+        # Rolled back while the re-index ran: the pin wins, the new collection stays for a later re-index.
+        store.set_reindex(name, None)
+        actions.setdefault("abandoned", []).append(state.get("target"))
+        return
+    if not state.get("job"):
+        # `start` records the re-index before it submits the job; one that died in between is started again
+        # once it is clearly not merely slow (listing the sources of a large collection takes a while).
+        if time.time() - float(state.get("started", 0)) > STALE_START_S:
+            resume(settings, client, store, state)
+            actions["running"].append(name)
+        return
+    if store.status(state["job"])["state"] == "done":
+        actions["finished"].append(finish(settings, client, store, name)["live"])
+    else:
+        actions["running"].append(name)
