@@ -285,7 +285,8 @@ class AudioSearch:
         start = time.perf_counter()
         # A query that states an order re-scores a wider pool of its best candidates with their moments first.
         pools = [min(k, max(limit + offset, ORDER_POOL)) if ev else limit + offset for ev in events]
-        ranked = [self._fuse(bundle.fusion, candidates, att, pool, group_by_source and not ev)
+        ranked = [self._order_pool(bundle.fusion, candidates, att, pool, group_by_source) if ev
+                  else self._fuse(bundle.fusion, candidates, att, pool, group_by_source)
                   for candidates, att, pool, ev in zip(found, rerank_scores, pools, events, strict=True)]
         times.fuse = time.perf_counter() - start
         if bundle.moments is not None and any(ranked):
@@ -316,6 +317,24 @@ class AudioSearch:
             if len(vector):  # rows of Python floats, packed in one C call per row
                 stored[pid] = dequantize(pack_rows(vector) if isinstance(vector, list) else vector)
         return stored
+
+    @classmethod
+    def _order_pool(cls, fusion: dict[str, float], candidates: Candidates, att: np.ndarray | None, pool: int,
+                    group_by_source: bool) -> list[Hit]:
+        """The fused candidates an order query re-scores: the best `pool` windows, or with `group_by_source` every
+        window of the best `pool` recordings (a few long recordings' windows would otherwise fill the pool and
+        leave fewer than `limit` recordings once grouped)."""
+        if not group_by_source:
+            return cls._fuse(fusion, candidates, att, pool, False)
+        kept, recordings = [], set()
+        for hit in cls._fuse(fusion, candidates, att, len(candidates.ids), False):
+            key = _recording(hit)
+            if key not in recordings:
+                if len(recordings) >= pool:
+                    continue
+                recordings.add(key)
+            kept.append(hit)
+        return kept
 
     @staticmethod
     def _order(hits: list[Hit], stored: dict[Any, np.ndarray], events: np.ndarray, spec: MomentSpec,
@@ -396,6 +415,9 @@ def _group(hits: list[Hit], group_by_source: bool) -> list[Hit]:
         return hits
     best: dict[str, Hit] = {}
     for hit in hits:
-        key = hit.payload.get("content_hash") or hit.source or str(hit.id)
-        best.setdefault(key, hit)  # hits are sorted: the first window seen is the best
+        best.setdefault(_recording(hit), hit)  # hits are sorted: the first window seen is the best
     return list(best.values())
+
+
+def _recording(hit: Hit) -> str:
+    return hit.payload.get("content_hash") or hit.source or str(hit.id)

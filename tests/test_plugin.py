@@ -470,3 +470,19 @@ def test_the_facade_keeps_the_sessions_of_a_few_model_versions_only(bundle_dir, 
     for name in ("v2", "v3", "v2", "v4"):
         search._use(version(name))
     assert list(search._engines) == ["v2", "v4"] and search.bundle.version == "v4"
+
+
+def test_an_order_query_grouped_by_recording_keeps_limit_recordings():
+    """The pool an order query re-scores counts recordings when hits are grouped: 4 long recordings whose 100
+    windows hold the best cosines used to fill the 50-window pool, and 10 were asked for but 4 came back."""
+    from hark.moments import MomentSpec
+    from hark.plugin.search import ORDER_POOL
+    from hark.store.candidates import Candidates
+
+    recordings = [f"long{i % 4}" if i < 100 else f"short{i}" for i in range(200)]
+    candidates = Candidates(list(range(200)), np.array([1.0 - i / 1000 for i in range(200)]),
+                            [{"content_hash": r, "source_uri": r} for r in recordings])
+    pool = AudioSearch._order_pool({"cosine": 1.0}, candidates, None, ORDER_POOL, True)
+    hits = AudioSearch._order(pool, {}, np.zeros((2, 4)), MomentSpec(2.0, 1.0), 0.2, 10, True)
+    assert [h.source for h in hits] == ["long0", "long1", "long2", "long3", *[f"short{i}" for i in range(100, 106)]]
+    assert len({_h.source for _h in pool}) == ORDER_POOL and len(pool) == 100 + ORDER_POOL - 4
