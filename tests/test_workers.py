@@ -299,6 +299,33 @@ def test_poison_messages_are_dead_lettered(bundle_dir, tmp_path):
     assert any("poison" in e["reason"] for e in store.dead_letters())
 
 
+def test_a_batch_past_its_time_limit_is_dead_lettered_before_redis_redelivers_it(bundle_dir, tmp_path, monkeypatch):
+    """Without a time limit a batch running past the visibility timeout was delivered again while it ran, and
+    dead-lettered as poison at the count. The soft limit (90% of the timeout) ends it first: its files are
+    dead-lettered with the reason, not retried."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    from hark.workers import app as worker_app
+
+    broker = _redis_db(14)
+    settings = settings_for(tmp_path, HARK_BROKER_URL=broker, HARK_VISIBILITY_TIMEOUT=600)
+    app = worker_app.make_app(settings)
+    assert (app.conf.task_soft_time_limit, app.conf.task_time_limit) == (540, 595)
+
+    def too_long(*_args, **_kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(worker_app, "process_batch", too_long)
+    store = RedisJobStore(broker)
+    store.create("slowjob", "audio", 1, str(bundle_dir))
+    items = [{"path": str(tmp_path / "long.wav"), "meta": {}}]
+    result = app.ingest_batch.apply(args=("slowjob", items, "audio", str(bundle_dir)), task_id="tid-slow")
+    assert result.get()["failed"] is True and app.ingest_batch.request.retries == 0
+    status = store.status("slowjob")
+    assert status["state"] == "done" and "SoftTimeLimitExceeded" in status["failures"][str(tmp_path / "long.wav")]
+    assert any("SoftTimeLimitExceeded" in e["reason"] for e in store.dead_letters())
+
+
 def test_second_process_on_the_embedded_folder_gets_a_clear_error(audio_folder, bundle_dir, tmp_path, capsys,
                                                                   monkeypatch):
     from hark.cli import main

@@ -48,8 +48,20 @@ def celery_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task still running when its visibility timeout ends is delivered again to another worker, and each
+        # redelivery counts towards the poison verdict: a batch past the timeout runs twice, then is dead-lettered
+        # while it still runs. The soft limit ends it first (its unfinished files are dead-lettered with the
+        # reason; not transient, so never retried), the hard limit a worker stuck in C code. Both need the prefork
+        # pool; the solo pool of the embedded store and CUDA ignores them.
+        task_soft_time_limit=soft_time_limit(settings),
+        task_time_limit=max(soft_time_limit(settings) + 1, settings.visibility_timeout - 5),
     )
     return app
+
+
+def soft_time_limit(settings: Settings) -> int:
+    """Seconds a batch may run: 90% of the visibility timeout (HARK_VISIBILITY_TIMEOUT raises both)."""
+    return max(1, int(settings.visibility_timeout * 0.9))
 
 
 def batches_of(items: Sequence[Item], size: int) -> list[list[Item]]:
