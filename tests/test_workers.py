@@ -346,3 +346,31 @@ def test_second_process_on_the_embedded_folder_gets_a_clear_error(audio_folder, 
     # Without a broker there is nothing for `hark worker` to consume.
     assert main(["worker"]) == 2
     assert "HARK_BROKER_URL is not set" in capsys.readouterr().err
+
+
+def test_a_broker_that_refuses_a_batch_midway_leaves_a_job_that_finishes(tmp_path, monkeypatch):
+    """Files of batches never queued get a failed outcome and a dead letter: the job used to count them and wait
+    for them forever (a re-index never finished)."""
+    from celery import Celery
+
+    from hark.workers.submit import submit_job
+
+    broker = _redis_db(14)
+    settings = settings_for(tmp_path, HARK_BROKER_URL=broker, HARK_BATCH_FILES=2)
+    sent = []
+
+    def flaky(self, name, args=None, **_kwargs):
+        if sent:
+            raise ConnectionError("broker went away")
+        sent.append(args)
+
+    monkeypatch.setattr(Celery, "send_task", flaky)
+    created = []
+    items = [Item(str(tmp_path / f"f{i}.wav")) for i in range(5)]
+    with pytest.raises(ConnectionError):
+        submit_job(settings, items, "audio", "bundle", on_created=created.append)
+    store = RedisJobStore(broker)
+    status = store.status(created[0])
+    assert len(sent) == 1 and status["total"] == 5 and status["failed"] == 3 and status["pending"] == 2
+    assert all("not queued" in reason for reason in status["failures"].values())
+    assert sorted(e["path"] for e in store.dead_letters()) == [str(tmp_path / f"f{i}.wav") for i in (2, 3, 4)]

@@ -14,7 +14,7 @@ from celery import Celery
 
 from hark.settings import Settings
 
-from .ingest import Item, run_inline
+from .ingest import Item, give_up, run_inline
 from .jobs import JobStore, job_store, new_job_id
 
 QUEUE = "hark.ingest"
@@ -84,8 +84,16 @@ def submit_job(settings: Settings, items: Sequence[Item], collection: str, bundl
     batches = batches_of(items, settings.batch_files)
     if settings.broker_url:
         app = celery_app(settings)
-        for batch in batches:
-            app.send_task(TASK, args=(job_id, [i.to_json() for i in batch], collection, bundle_path), queue=QUEUE)
+        for sent, batch in enumerate(batches):
+            try:
+                app.send_task(TASK, args=(job_id, [i.to_json() for i in batch], collection, bundle_path), queue=QUEUE)
+            except Exception as exc:
+                # The job counts every file: the ones never queued get their outcome here, or it would wait for
+                # them forever. They are dead-lettered, so `hark failed --retry` (or a re-index run) queues them again.
+                unsent = [item for rest in batches[sent:] for item in rest]
+                give_up(job_id, unsent, collection, bundle_path, store,
+                        f"not queued: the broker refused the batch ({type(exc).__name__}: {exc})")
+                raise
     else:
         def after_batch() -> None:
             if on_progress is not None:
