@@ -201,6 +201,21 @@ class LocalCopy:
     path: Path
     sha256: str
     size: int
+    # (size, mtime in ns, inode) of a local file when it was hashed; None for a spooled copy (hark's own file).
+    stamp: tuple[int, int, int] | None = None
+
+    def changed(self) -> bool:
+        """Whether a local file is no longer the one that was hashed (rewritten, replaced or still growing)."""
+        if self.stamp is None:
+            return False
+        try:
+            return _stamp(os.stat(self.path)) != self.stamp
+        except OSError:
+            return True
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 @contextlib.contextmanager
@@ -215,13 +230,14 @@ def local_copy(source: str | os.PathLike, tmp_dir: str | None = None) -> Iterato
     if local is not None:
         size = 0
         with open_source(text) as handle:
+            stamp = _stamp(os.fstat(handle.fileno()))
             try:
                 while chunk := handle.read(CHUNK_BYTES):
                     digest.update(chunk)
                     size += len(chunk)
             except OSError as exc:
                 raise SourceError(text, f"cannot read the file: {exc.strerror or exc}") from exc
-        yield LocalCopy(local.resolve(), digest.hexdigest(), size)
+        yield LocalCopy(local.resolve(), digest.hexdigest(), size, stamp)
         return
     suffix = Path(urlparse(text).path).suffix[:16]
     fd, name = tempfile.mkstemp(prefix="hark-", suffix=suffix, dir=tmp_dir)

@@ -374,3 +374,31 @@ def test_a_broker_that_refuses_a_batch_midway_leaves_a_job_that_finishes(tmp_pat
     assert len(sent) == 1 and status["total"] == 5 and status["failed"] == 3 and status["pending"] == 2
     assert all("not queued" in reason for reason in status["failures"].values())
     assert sorted(e["path"] for e in store.dead_letters()) == [str(tmp_path / f"f{i}.wav") for i in (2, 3, 4)]
+
+
+def test_a_file_rewritten_while_it_is_ingested_is_not_stored_under_the_old_bytes_ids(audio_folder, bundle_dir,
+                                                                                   tmp_path):
+    """Point ids come from the bytes hashed before decoding; a file replaced (or still growing) by the time it is
+    decoded used to be stored with the new audio's vectors under the old bytes' ids."""
+    import shutil
+
+    from hark.sources import local_copy
+    from hark.store import connect
+    from hark.workers.ingest import ingestor_for
+
+    settings = settings_for(tmp_path)
+    ingestor = ingestor_for(str(bundle_dir), settings)
+    path = tmp_path / "growing.wav"
+    shutil.copy(audio_folder["root"] / "clip 00.wav", path)
+    client = connect(settings)
+    try:
+        physical = ingestor.target(client, "audio")
+        with local_copy(path) as copy:
+            shutil.copy(audio_folder["nested"], path)  # another recording lands on the same name
+            outcome = ingestor.write_file(Item(str(path)), copy, client, physical)
+        assert outcome.status == "failed" and "changed while it was ingested" in outcome.reason
+        assert client.count(physical, exact=True).count == 0
+        with local_copy(path) as copy:
+            assert ingestor.write_file(Item(str(path)), copy, client, physical).status == "ingested"
+    finally:
+        client.close()

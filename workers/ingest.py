@@ -234,6 +234,11 @@ class Ingestor:
         except BaseException:
             self._discard(client, physical, written)
             raise
+        if copy.changed():
+            # The point ids come from the bytes hashed before decoding: vectors of other bytes must not carry them.
+            self._discard(client, physical, written)
+            return FileOutcome(path, "failed", "the file changed while it was ingested (still being written?); "
+                                               "submit it again once it is complete")
         # Written last: a file with `windows` on its points is complete (see `_stored`).
         client.set_payload(physical, {"windows": len(written), "duration": round(samples / sr, 3)},
                            points=written, wait=True)
