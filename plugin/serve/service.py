@@ -133,8 +133,9 @@ class Service:
 
     @property
     def bundle(self) -> Bundle:
-        """The bundle of the version the default collection serves now (it follows re-indexes and rollbacks)."""
-        return self.search.engine_for(self.settings.collection, self.store)[0]
+        """The bundle loaded last (no store call: the probes and messages read it). Queries and /infer follow the
+        collection's alias to the version it serves (`AudioSearch.engine_for`)."""
+        return self.search.bundle
 
     # -- store calls ---------------------------------------------------------------------------------
     def store_lock(self, write: bool = False) -> contextlib.AbstractContextManager:
