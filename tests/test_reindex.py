@@ -297,3 +297,41 @@ def test_the_beat_tick_reports_one_collections_trouble_and_goes_on(tmp_path, mon
     assert resumed == ["stale"] and actions["running"] == ["stale"]
     assert actions["abandoned"] == ["sounds__v2"] and store.reindex_state("pinned") is None
     assert store.reindex_state("failing")["job"]  # kept: `hark reindex` retries its files
+
+
+def test_running_reindex_again_retries_only_the_files_that_failed(tmp_path, monkeypatch):
+    """The retry after a refused switch submits the failed files, not every source of the collection again (each
+    of which would be hashed only to be found stored), and switches once they are stored."""
+    from hark.workers import reindex as reindexing
+
+    settings, client, store = _small_store(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")  # resolve_bundle takes a folder with a manifest as given
+    submitted = []
+
+    def fake_submit(_settings, items, collection, bundle_path, client=None, on_created=None):
+        job = f"retry-{len(submitted)}"
+        store.create(job, collection, len(items), bundle_path)
+        on_created(job)
+        for item in items:  # the retry succeeds: the file is now stored in the new collection
+            client.upsert("sounds__v2", _file_points(item.path, 1))
+            store.record(job, item.path, "ingested")
+        submitted.append(sorted(item.path for item in items))
+        return job, store
+
+    monkeypatch.setattr(reindexing, "submit_job", fake_submit)
+    monkeypatch.setattr(reindexing, "_recompute_sample", lambda *_args: 0)
+    try:
+        reindexing.switch_alias(client, "sounds", "sounds__v1")
+        client.upsert("sounds__v1", [p for uri in ("a.wav", "b.wav", "c.wav") for p in _file_points(uri, 1)])
+        client.upsert("sounds__v2", _file_points("a.wav", 1) + _file_points("c.wav", 1))
+        state = _state(store, {"a.wav": ("ingested", ""), "b.wav": ("failed", "unreadable"),
+                               "c.wav": ("ingested", "")})
+        store.set_reindex("sounds", {**state, "bundle": str(bundle.resolve())})
+        report = reindexing.reindex(settings, store, "sounds", str(bundle), client=client, timeout=5)
+        assert submitted == [["b.wav"]]
+        assert report["live"] == "sounds__v2" and report["failed_files"] == 0 and report["files"] == 3
+        assert resolve_collection(client, "sounds") == "sounds__v2"
+    finally:
+        client.close()

@@ -202,10 +202,14 @@ def finish(settings: Settings, client, store: JobStore, collection: str,
             "pruned": pruned}
 
 
-def resume(settings: Settings, client, store: JobStore, state: dict[str, Any]) -> dict[str, Any]:
+def resume(settings: Settings, client, store: JobStore, state: dict[str, Any],
+           only: set[str] | None = None) -> dict[str, Any]:
     """Submit a re-index's sources again under a new job: what is stored already is skipped as a duplicate, so
-    this finishes an interrupted job and retries the files that failed."""
+    this finishes an interrupted job. `only`: just these sources (the files that failed in a finished job; the
+    others would only be hashed again to be found stored)."""
     items, _ = _sources(client, state["from"])
+    if only is not None:
+        items = [item for item in items if item.path in only]
     collection = state["collection"]
 
     def remember(job_id: str) -> None:
@@ -232,8 +236,10 @@ def reindex(settings: Settings, store: JobStore, collection: str, bundle_ref: st
             state = start(settings, c, store, collection, bundle_ref)
         else:
             status = store.status(state["job"])
-            if status["state"] != "done" or (status["failures"] and not allow_failures):
+            if status["state"] != "done":
                 state = resume(settings, c, store, state)
+            elif status["failures"] and not allow_failures:
+                state = resume(settings, c, store, state, only=set(status["failures"]))
     finally:
         if client is None:
             c.close()
