@@ -26,10 +26,13 @@ def registered(settings: Settings) -> list[tuple[str, Path, str]]:
             if manifest.is_file():
                 try:
                     data = json.loads(manifest.read_text())
-                    found.append((data["model"]["version"], folder, data.get("created_at", "")))
-                except (json.JSONDecodeError, KeyError):
+                    # The manifest's time has whole seconds: two bundles exported within one second are told
+                    # apart by the manifest file's time (the registry's copy keeps it), not by their version hash.
+                    found.append((data["model"]["version"], folder, data.get("created_at", ""),
+                                  manifest.stat().st_mtime_ns))
+                except (json.JSONDecodeError, KeyError, OSError):
                     continue
-    return sorted(found, key=lambda item: (item[2], item[0]))
+    return [item[:3] for item in sorted(found, key=lambda item: (item[2], item[3], item[0]))]
 
 
 def resolve_bundle(settings: Settings, ref: str | None = None) -> Path:

@@ -196,7 +196,7 @@ def test_beat_tick_starts_and_finishes_a_reindex(bundle_dir, second_bundle, corp
     job, _ = submit_job(settings, [Item(f) for f in collect_files([corpus / "evaluation"])[:6]], "sounds", old)
     wait_for(store, job, timeout=5)
     first = run_tick(settings)  # no broker: the started job runs in this process
-    assert first["started"] == [f"sounds__{new_v}"]
+    assert first["started"] == [f"sounds__{new_v}"], first
     second = run_tick(settings)
     assert second["finished"] == [f"sounds__{new_v}"]
     assert run_tick(settings) == {"finished": [], "started": [], "running": []}

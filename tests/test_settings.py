@@ -67,3 +67,18 @@ def test_registry_resolution(bundle_dir, tmp_path):
     assert resolve_bundle(settings, str(bundle_dir)) == bundle_dir
     with pytest.raises(BundleError, match="no version 'nope'"):
         resolve_bundle(settings, "nope")
+
+
+def test_bundles_exported_within_one_second_keep_their_export_order(tmp_path):
+    """Manifests carry whole seconds; two bundles exported in the same second were ordered by their version
+    hash, so "newest" (what the beat re-indexes to) could be the older one."""
+    import os
+
+    settings = Settings.load(tmp_path / "none.toml", env={"HARK_MODELS_DIR": str(tmp_path / "models")})
+    for i, version in enumerate(["f00d", "0bad"]):  # exported in this order, within the same second
+        folder = tmp_path / "models" / f"tiny-{version}"
+        folder.mkdir(parents=True)
+        manifest = folder / "manifest.json"
+        manifest.write_text(json.dumps({"model": {"version": version}, "created_at": "2026-11-27T10:00:00+00:00"}))
+        os.utime(manifest, ns=(1_700_000_000_000_000_000 + i * 1000, 1_700_000_000_000_000_000 + i * 1000))
+    assert [version for version, _, _ in registered(settings)] == ["f00d", "0bad"]
