@@ -87,7 +87,7 @@ class SearchResult:
     times: StageTimes
     # The physical collection the hits were read from (the alias's target when the call began): a caller that
     # reads more of the hits' points reads them there.
-    collection: str = ""
+    collection: str
 
 
 # An encoder override: (text encoder, texts) -> (the batch, seconds spent tokenizing). The service passes a

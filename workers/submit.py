@@ -32,6 +32,7 @@ def celery_app(settings: Settings) -> Celery:
     # Kombu sweeps for abandoned (unacked) messages every interval x throttle seconds, 100 s by default;
     # sweeping a few times per visibility timeout bounds how long a killed worker's batch waits.
     sweep = max(1, min(60, settings.visibility_timeout // 4))
+    soft_limit = soft_time_limit(settings)
     transport = {"visibility_timeout": settings.visibility_timeout, "unacked_restore_interval": sweep,
                  "unacked_restore_throttle": 1}
     app.conf.update(
@@ -53,8 +54,8 @@ def celery_app(settings: Settings) -> Celery:
         # while it still runs. The soft limit ends it first (its unfinished files are dead-lettered with the
         # reason; not transient, so never retried), the hard limit a worker stuck in C code. Both need the prefork
         # pool; the solo pool of the embedded store and CUDA ignores them.
-        task_soft_time_limit=soft_time_limit(settings),
-        task_time_limit=max(soft_time_limit(settings) + 1, settings.visibility_timeout - 5),
+        task_soft_time_limit=soft_limit,
+        task_time_limit=max(soft_limit + 1, settings.visibility_timeout - 5),
     )
     return app
 

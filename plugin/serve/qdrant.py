@@ -139,7 +139,7 @@ class QdrantRoutes:
             hits = [h for h in hits if h.score >= request.score_threshold]
         vectors: dict[Any, Any] = {}
         if request.with_vector and hits:
-            physical = result.collection or service.physical(name)  # where the hits came from, not the alias now
+            physical = result.collection  # where the hits came from, not where the alias points now
             records = service.store(lambda: service.client.retrieve(
                 physical, [h.id for h in hits], with_payload=False, with_vectors=request.with_vector))
             vectors = {r.id: r.vector for r in records}
