@@ -38,6 +38,9 @@ class Settings:
     window_seconds: float = 0.0
     # Files per ingestion task.
     batch_files: int = 8
+    # Largest remote source (http, s3, gs, az) a worker copies to its temporary folder to decode, in MiB; 0: no
+    # limit. A longer one fails as that file instead of filling the disk.
+    max_spool_mb: float = 4096.0
     # Seconds an unacknowledged task stays invisible before Redis redelivers it (must exceed the longest task).
     visibility_timeout: int = 3600
     # Retries of a task that met a transient error (Qdrant unreachable), with exponential backoff from this base.
@@ -129,13 +132,18 @@ class Settings:
         for name in ("batch_files", "max_body_bytes", "max_json_depth"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1")
-        if self.query_batch_wait_ms < 0 or self.query_batch_max < 0 or self.ort_threads < 0 or self.row_cache_mb < 0:
-            raise SettingsError("HARK_QUERY_BATCH_WAIT_MS, HARK_QUERY_BATCH_MAX, HARK_ORT_THREADS and "
-                                "HARK_ROW_CACHE_MB cannot be negative")
+        if self.query_batch_wait_ms < 0 or self.query_batch_max < 0 or self.ort_threads < 0 or self.row_cache_mb < 0 \
+                or self.max_spool_mb < 0:
+            raise SettingsError("HARK_QUERY_BATCH_WAIT_MS, HARK_QUERY_BATCH_MAX, HARK_ORT_THREADS, "
+                                "HARK_ROW_CACHE_MB and HARK_MAX_SPOOL_MB cannot be negative")
 
     @property
     def embedded_qdrant(self) -> bool:
         return not self.qdrant_url
+
+    @property
+    def max_spool_bytes(self) -> int | None:
+        return int(self.max_spool_mb * 2**20) if self.max_spool_mb else None
 
     def describe(self) -> list[dict[str, str]]:
         """Every setting's effective value (secrets masked, zero values with what they mean) and source."""
@@ -161,7 +169,8 @@ ZERO_MEANS = {"qdrant_url": "embedded Qdrant at HARK_QDRANT_PATH", "broker_url":
               "bundle": "the version live for the collection, else the newest registered",
               "window_seconds": "the bundle's window, segments x max segments", "shards": "server default",
               "replication": "server default", "reindex_interval": "schedule off",
-              "media_roots": "the folders audio was ingested from", "ort_threads": "all cores"}
+              "media_roots": "the folders audio was ingested from", "ort_threads": "all cores",
+              "max_spool_mb": "no limit"}
 
 
 def env_name(field_name: str) -> str:

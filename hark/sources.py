@@ -7,7 +7,9 @@ adlfs; aiohttp for http): a URI whose back end is missing fails as that one file
 
 Decoders need a seekable local file, and a content hash needs every byte once, so a remote source is copied
 to a temporary file in fixed-size chunks while it is hashed (`local_copy`): memory stays bounded whatever the
-length of the recording, and the network is read once.
+length of the recording, and the network is read once. The disk a spooled copy takes is bounded too (`max_bytes`,
+HARK_MAX_SPOOL_MB), and copies left behind by a process that died mid-file (SIGKILL, OOM kill) are removed by
+the next spool on the same host (`sweep_spool`): their names carry the host and the process id.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +34,8 @@ REMOTE_SCHEMES = {"http", "https", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfs
 BACKEND_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs",
                     "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
 CHUNK_BYTES = 1 << 20
+SPOOL_PREFIX = "hark-spool-"
+_swept: set[str] = set()  # spool folders this process has swept
 
 
 class SourceError(SourcedError, OSError):
@@ -219,10 +225,12 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def local_copy(source: str | os.PathLike, tmp_dir: str | None = None) -> Iterator[LocalCopy]:
+def local_copy(source: str | os.PathLike, tmp_dir: str | None = None,
+               max_bytes: int | None = None) -> Iterator[LocalCopy]:
     """Hash a source chunk by chunk; a remote one is spooled to a temporary file that is removed afterwards.
 
-    Memory use is one chunk whatever the size of the file.
+    Memory use is one chunk whatever the size of the file. A remote source longer than `max_bytes` (None: no
+    limit) fails as that file once the limit is passed, before it fills the disk.
     """
     text = os.fspath(source)
     digest = hashlib.sha256()
@@ -239,16 +247,23 @@ def local_copy(source: str | os.PathLike, tmp_dir: str | None = None) -> Iterato
                 raise SourceError(text, f"cannot read the file: {exc.strerror or exc}") from exc
         yield LocalCopy(local.resolve(), digest.hexdigest(), size, stamp)
         return
-    suffix = Path(urlparse(text).path).suffix[:16]
-    fd, name = tempfile.mkstemp(prefix="hark-", suffix=suffix, dir=tmp_dir)
+    folder = tmp_dir or tempfile.gettempdir()
+    if folder not in _swept:
+        _swept.add(folder)
+        sweep_spool(folder)
+    suffix = re.sub(r"[^A-Za-z0-9.]", "", Path(urlparse(text).path).suffix)[:16]
+    fd, name = tempfile.mkstemp(prefix=_spool_prefix(), suffix=suffix, dir=folder)
     try:
         size = 0
         with os.fdopen(fd, "wb") as out, open_source(text) as handle:
             try:
                 while chunk := handle.read(CHUNK_BYTES):
                     digest.update(chunk)
-                    out.write(chunk)
                     size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise SourceError(text, f"larger than the spool limit of {max_bytes / 2**20:g} MiB "
+                                                "(HARK_MAX_SPOOL_MB)")
+                    out.write(chunk)
             except SourceError:
                 raise
             except Exception as exc:
@@ -257,6 +272,46 @@ def local_copy(source: str | os.PathLike, tmp_dir: str | None = None) -> Iterato
     finally:
         with contextlib.suppress(OSError):
             os.unlink(name)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _spool_prefix() -> str:
+    return f"{SPOOL_PREFIX}{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_spool(tmp_dir: str | None = None) -> list[Path]:
+    """Remove the spooled copies in `tmp_dir` of this host's processes that no longer run; returns them.
+
+    Only this host's names are considered: a spool folder shared between machines or containers holds other hosts'
+    live copies, whose process ids mean nothing here."""
+    folder = Path(tmp_dir or tempfile.gettempdir())
+    mine = f"{SPOOL_PREFIX}{_host()}-"
+    removed = []
+    try:
+        entries = list(folder.glob(f"{mine}*"))
+    except OSError:
+        return removed
+    for path in entries:
+        pid = path.name[len(mine):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def display_name(source: str | os.PathLike) -> str:

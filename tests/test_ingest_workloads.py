@@ -113,6 +113,47 @@ def test_http_sources_are_ingested_and_a_missing_one_fails_alone(http_root, fast
     assert again["duplicates"][str((root / "a.wav").resolve())] == f"duplicate of {base}/a.wav"
 
 
+def test_remote_source_over_the_spool_limit_fails_alone_and_leaves_no_copy(http_root, fast_bundle, tmp_path,
+                                                                          monkeypatch):
+    pytest.importorskip("aiohttp")
+    import tempfile
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    root, base = http_root
+    clip(root / "short.wav", 2.0, 1)  # 128 KB
+    clip(root / "long.wav", 20.0, 2)  # 1.28 MB
+    settings = settings_for(tmp_path, HARK_MAX_SPOOL_MB=0.5)
+    status = ingest(settings, [f"{base}/short.wav", f"{base}/long.wav"], fast_bundle)
+    assert status["ingested"] == 1 and status["failed"] == 1, status
+    assert "spool limit" in status["failures"][f"{base}/long.wav"]
+    assert list(spool.iterdir()) == []
+
+
+def test_sweep_removes_only_this_hosts_copies_of_processes_that_are_gone(tmp_path):
+    from hark.sources import SPOOL_PREFIX, _host, sweep_spool
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = _host()
+        dead_copy = tmp_path / f"{SPOOL_PREFIX}{host}-{gone.stdout.strip()}-abc.wav"
+        live_copy = tmp_path / f"{SPOOL_PREFIX}{host}-{alive.pid}-def.wav"
+        own_copy = tmp_path / f"{SPOOL_PREFIX}{host}-{os.getpid()}-ghi.wav"
+        other_host = tmp_path / f"{SPOOL_PREFIX}elsewhere-{gone.stdout.strip()}-jkl.wav"
+        unrelated = tmp_path / "hark-notes.txt"
+        for path in (dead_copy, live_copy, own_copy, other_host, unrelated):
+            path.write_bytes(b"x")
+        assert sweep_spool(str(tmp_path)) == [dead_copy]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            p.name for p in (live_copy, own_copy, other_host, unrelated))
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 @pytest.fixture
 def s3_bucket(monkeypatch):
     """moto's standalone S3 server on 127.0.0.1 with a bucket; credentials from the standard environment."""

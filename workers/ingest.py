@@ -262,7 +262,8 @@ class Ingestor:
         client = client or connect(settings or self.settings)
         try:
             physical = self.target(client, collection, settings)
-            outcomes = [ingest_item(item, [(self, physical)], client)[0] for item in items]
+            spool = (settings or self.settings).max_spool_bytes
+            outcomes = [ingest_item(item, [(self, physical)], client, max_spool_bytes=spool)[0] for item in items]
             maybe_build_index(client, physical)
             return outcomes
         finally:
@@ -281,10 +282,14 @@ class Ingestor:
         return (count, first[0].payload) if len(existing_ids(client, physical, ids)) == count else None
 
 
-def ingest_item(item: Item, targets: Sequence[tuple[Ingestor, str]], client, job_id: str = "") -> list[FileOutcome]:
-    """One file into every target (ingestor, physical collection); the source is read and hashed once."""
+def ingest_item(item: Item, targets: Sequence[tuple[Ingestor, str]], client, job_id: str = "",
+                max_spool_bytes: int | None = None) -> list[FileOutcome]:
+    """One file into every target (ingestor, physical collection); the source is read and hashed once.
+
+    `max_spool_bytes` bounds the temporary copy of a remote source (the batch's HARK_MAX_SPOOL_MB: the ingestors
+    are shared across batches and keep the settings of the first)."""
     try:
-        with local_copy(item.path) as copy:
+        with local_copy(item.path, max_bytes=max_spool_bytes) as copy:
             return [ingestor.write_file(item, copy, client, physical, job_id) for ingestor, physical in targets]
     except SourceError as exc:
         return [FileOutcome(item.path, "failed", exc.reason)] * len(targets)
@@ -345,7 +350,7 @@ def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_pa
         for path in write_targets(client, store, job_id, collection, bundle_path, settings):
             ingestor = ingestor_for(path, settings)
             targets.append((ingestor, ingestor.target(client, collection, settings)))
-        outcomes = [ingest_item(item, targets, client, job_id)[0] for item in items]
+        outcomes = [ingest_item(item, targets, client, job_id, settings.max_spool_bytes)[0] for item in items]
         for _, physical in targets:
             maybe_build_index(client, physical)
     finally:

@@ -145,7 +145,7 @@ def _recompute_sample(settings: Settings, client, state: dict[str, Any]) -> int:
         payload = p.payload or {}
         index = int(payload["window_index"])
         try:
-            with local_copy(payload["source_uri"]) as copy:
+            with local_copy(payload["source_uri"], max_bytes=settings.max_spool_bytes) as copy:
                 # Stream up to the window needed: a long recording is never held whole.
                 windows = enumerate(stream_windows(iter_audio(copy.path, sr), ingestor.window_samples, sr))
                 piece = next((w for i, (_, w) in windows if i == index), None)
