@@ -3,6 +3,7 @@ memory, sticky rollbacks. Uses an untrained tiny bundle (exported in ~20 s, no t
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import http.server
 import json
@@ -290,6 +291,122 @@ def test_second_name_is_a_duplicate_of_the_first_and_recorded(fast_bundle, tmp_p
         assert p.payload["source_uri"] == str(first)
         assert p.payload["sources"] == [str(first), str(second), str(third)]
         assert p.payload["windows"] == 2 and p.payload["duration"] == pytest.approx(40.0)
+
+
+# -- files whose ingestion never finished ---------------------------------------------------------------------
+
+def test_windows_left_by_a_dead_ingestion_are_removed_by_the_next_embedded_job(fast_bundle, tmp_path, monkeypatch):
+    """A process killed mid-file leaves windows without `windows`; they stayed searchable for good."""
+    import time
+
+    from hark.workers.ingest import Ingestor
+
+    settings = settings_for(tmp_path)
+    done = clip(tmp_path / "done.wav", 4.0, 3)
+    ingest(settings, [done], fast_bundle)
+    # Killed after writing the windows of a 40 s file, before marking it complete: nothing removed them.
+    with monkeypatch.context() as patch:
+        patch.setattr(Ingestor, "_discard", staticmethod(lambda *a, **k: None))
+        patch.setattr("hark.sources.LocalCopy.changed", lambda self: True)
+        ingest(settings, [clip(tmp_path / "killed.wav", 40.0, 4)], fast_bundle)
+    left = [p for p in points(settings) if p.payload["file_name"] == "killed.wav"]
+    assert len(left) == 2 and all("windows" not in p.payload for p in left)
+    _user_point(settings)
+    time.sleep(1.1)  # `ingested_at` has whole seconds: the next job begins a second later
+    status = ingest(settings, [clip(tmp_path / "next.wav", 4.0, 5)], fast_bundle)
+    assert status["ingested"] == 1
+    names = sorted(p.payload.get("file_name", "user") for p in points(settings))
+    assert names == ["done.wav", "next.wav", "user"]
+
+
+def test_beat_tick_removes_windows_older_than_any_running_attempt(fast_bundle, tmp_path, monkeypatch):
+    from qdrant_client import models
+
+    from hark.store import connect, resolve_collection
+    from hark.workers.ingest import Ingestor
+    from hark.workers.reindex import run_tick
+
+    settings = settings_for(tmp_path, HARK_VISIBILITY_TIMEOUT=600)
+    ingest(settings, [clip(tmp_path / "done.wav", 4.0, 3)], fast_bundle)
+    with monkeypatch.context() as patch:
+        patch.setattr(Ingestor, "_discard", staticmethod(lambda *a, **k: None))
+        patch.setattr("hark.sources.LocalCopy.changed", lambda self: True)
+        ingest(settings, [clip(tmp_path / "killed.wav", 40.0, 4)], fast_bundle)
+    client = connect(settings)
+    try:
+        physical = resolve_collection(client, "audio")
+        name = models.FieldCondition(key="file_name", match=models.MatchValue(value="killed.wav"))
+        killed = models.Filter(must=[name])
+        # Written 14 minutes ago: within the visibility timeout and its grace (15 min), an attempt may still run.
+        stamp = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=14)).isoformat(timespec="seconds")
+        client.set_payload(physical, {"ingested_at": stamp}, points=killed, wait=True)
+    finally:
+        client.close()
+    assert "swept" not in run_tick(settings)
+    client = connect(settings)
+    try:
+        stamp = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=16)).isoformat(timespec="seconds")
+        client.set_payload(physical, {"ingested_at": stamp}, points=killed, wait=True)
+    finally:
+        client.close()
+    assert run_tick(settings)["swept"] == [f"{physical}: 2 windows"]
+    assert sorted(p.payload["file_name"] for p in points(settings)) == ["done.wav"]
+
+
+def _user_point(settings: Settings) -> None:
+    """A point written through the Qdrant API, without hark's payload: not hark's to remove."""
+    from qdrant_client import models
+
+    from hark.store import connect, resolve_collection
+
+    client = connect(settings)
+    try:
+        physical = resolve_collection(client, "audio")
+        found, _ = client.scroll(physical, limit=1, with_vectors=True)
+        mine = models.PointStruct(id=424242, vector=found[0].vector, payload={"note": "mine"})
+        client.upsert(physical, points=[mine])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_sweep_removes_only_old_incomplete_hark_windows(backend, fast_bundle, tmp_path):
+    from qdrant_client import QdrantClient, models
+
+    from hark.bundle import Bundle
+    from hark.store import ensure_collection
+    from hark.store.edge import EdgeStore
+    from hark.workers.ingest import sweep_all_incomplete
+
+    client = EdgeStore(tmp_path / "edge") if backend == "edge" else QdrantClient(":memory:")
+    try:
+        bundle = Bundle.load(fast_bundle)
+        physical = ensure_collection(client, "audio", bundle)
+        info = client.get_collection(physical).config.params.vectors
+        rng = np.random.default_rng(0)
+
+        def vector() -> dict:
+            out = {}
+            for name, params in info.items():
+                row = rng.standard_normal(params.size).tolist()
+                out[name] = [row] if params.multivector_config is not None else row
+            return out
+
+        old, new = "2026-01-01T00:00:00+00:00", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        hark = {"content_hash": "ab" * 32, "window_index": 0, "file_name": "x.wav"}
+        payloads = {1: {**hark, "ingested_at": old},  # left by a dead worker: removed
+                    2: {**hark, "ingested_at": new},  # being written now: kept
+                    3: {**hark, "ingested_at": old, "windows": 1},  # complete: kept
+                    4: {"ingested_at": old, "note": "a user's own point"}}  # not hark's: kept
+        client.upsert(physical, points=[models.PointStruct(id=i, vector=vector(), payload=p)
+                                        for i, p in payloads.items()])
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        assert sweep_all_incomplete(client, before) == {physical: 1}
+        found, _ = client.scroll(physical, limit=10)
+        assert sorted(p.id for p in found) == [2, 3, 4]
+        assert sweep_all_incomplete(client, before) == {}
+    finally:
+        client.close()
 
 
 # -- bounded memory -------------------------------------------------------------------------------------------

@@ -390,9 +390,58 @@ def retry_delay(settings: Settings, exc: BaseException, attempt: int) -> float |
     return None
 
 
+def sweep_incomplete(client, physical: str, before: dt.datetime) -> int:
+    """Delete the windows of files whose ingestion never finished, written before `before`; returns how many.
+
+    A worker killed mid-file leaves windows without `windows` in their payload. Its redelivery writes the same
+    ids again and completes them, but a file that is then dead-lettered, or never submitted again, kept them:
+    searchable, without a duration, and never counted as stored. Only hark's own points are considered (they
+    carry `content_hash` and `window_index`): points written through the Qdrant API are not hark's to remove."""
+    from qdrant_client import models
+
+    cutoff = before.astimezone(dt.UTC).isoformat(timespec="seconds")
+    empty = [models.IsEmptyCondition(is_empty=models.PayloadField(key=k)) for k in ("windows", "content_hash",
+                                                                                   "window_index")]
+    before_cutoff = models.FieldCondition(key="ingested_at", range=models.DatetimeRange(lt=cutoff))
+    flt = models.Filter(must=[empty[0], before_cutoff], must_not=empty[1:])
+    ids: list[Any] = []
+    offset = None
+    while True:
+        found, offset = client.scroll(physical, scroll_filter=flt, limit=1000, offset=offset, with_payload=False,
+                                      with_vectors=False)
+        ids.extend(p.id for p in found)
+        if offset is None:
+            break
+    if ids:
+        client.delete(physical, points_selector=models.PointIdsList(points=ids), wait=True)
+        log.warning("removed %d windows of files whose ingestion never finished from %s", len(ids), physical)
+    return len(ids)
+
+
+def sweep_all_incomplete(client, before: dt.datetime) -> dict[str, int]:
+    """`sweep_incomplete` over every collection of the store; {collection: windows removed} where any were."""
+    removed = {}
+    for c in client.get_collections().collections:
+        n = sweep_incomplete(client, c.name, before)
+        if n:
+            removed[c.name] = n
+    return removed
+
+
 def run_inline(job_id: str, batches: Sequence[Sequence[Item]], collection: str, bundle_path: str, store: JobStore,
                settings: Settings, on_batch=None, client=None) -> None:
-    """The in-process worker: the same batches, with the same retry policy as the Celery task."""
+    """The in-process worker: the same batches, with the same retry policy as the Celery task.
+
+    With the embedded store this process is the folder's only writer, so windows left incomplete before this job
+    began belong to a process that died: they are removed first."""
+    if settings.embedded_qdrant:
+        own = client is None
+        sweeper = client or connect(settings)
+        try:
+            sweep_all_incomplete(sweeper, dt.datetime.now(dt.UTC))
+        finally:
+            if own:
+                sweeper.close()
     for batch in batches:
         attempt = 0
         while True:

@@ -8,6 +8,7 @@ the Celery beat tick, or resumed after a crash; the live alias is only touched b
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from hark.registry import active_pin, pin, registered, resolve_bundle
 from hark.settings import Settings
 from hark.store import collection_name, connect, ensure_collection, resolve_collection, version_of
 
-from .ingest import Item, ingestor_for, stream_windows
+from .ingest import Item, ingestor_for, stream_windows, sweep_all_incomplete
 from .jobs import JobStore, job_store
 from .submit import submit_job, wait_for
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_CHECKS = 5
 # A re-index recorded without a job for this long died between `start` recording it and submitting its job.
 STALE_START_S = 3600
+# Beyond the visibility timeout, before windows without `windows` count as left by a dead worker (clock skew).
+INCOMPLETE_GRACE_S = 300
 
 
 class ReindexError(HarkError):
@@ -326,6 +329,16 @@ def run_tick(settings: Settings) -> dict[str, list[str] | str]:
                 except Exception as exc:
                     log.error("re-index tick, starting %s: %s", collection, exc)
                     errors.append(f"{collection}: {exc}")
+        # Windows a killed worker left incomplete, once no attempt at their file can still be running: a batch is
+        # killed before its visibility timeout, and a redelivery rewrites the file with a newer time.
+        try:
+            before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.visibility_timeout + INCOMPLETE_GRACE_S)
+            swept = sweep_all_incomplete(client, before)
+            if swept:
+                actions["swept"] = [f"{name}: {n} windows" for name, n in swept.items()]
+        except Exception as exc:
+            log.error("re-index tick, removing incomplete windows: %s", exc)
+            errors.append(f"incomplete windows: {exc}")
     finally:
         client.close()
         store.unlock("reindex-tick")
