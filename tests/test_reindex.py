@@ -280,7 +280,9 @@ def test_the_beat_tick_reports_one_collections_trouble_and_goes_on(tmp_path, mon
 
     settings, client, store = _small_store(tmp_path)
     resumed = []
-    monkeypatch.setattr(reindexing, "resume", lambda _s, _c, _st, state: resumed.append(state["collection"]))
+    monkeypatch.setattr(reindexing, "resume", lambda _s, _c, _st, state, only=None: resumed.append(
+        (state["collection"], only)))
+    monkeypatch.setattr(reindexing, "TICK_RETRIES", 0)
     try:
         for alias in ("failing", "stale", "pinned"):
             switch_alias(client, alias, "sounds__v1")
@@ -294,9 +296,37 @@ def test_the_beat_tick_reports_one_collections_trouble_and_goes_on(tmp_path, mon
     actions = run_tick(settings)
     [error] = actions["errors"]
     assert error.startswith("failing: 1 of 1 files of sounds__v1 failed to re-ingest (a.wav: unreadable)")
-    assert resumed == ["stale"] and actions["running"] == ["stale"]
+    assert resumed == [("stale", None)] and actions["running"] == ["stale"]
     assert actions["abandoned"] == ["sounds__v2"] and store.reindex_state("pinned") is None
     assert store.reindex_state("failing")["job"]  # kept: `hark reindex` retries its files
+
+
+def test_the_beat_tick_retries_failed_files_a_few_times_before_it_reports_them(tmp_path, monkeypatch):
+    """A finished re-index with failed files was refused at every tick until an operator ran `hark reindex`:
+    a failure that had passed (a storage hiccup) still needed one."""
+    from hark.workers import reindex as reindexing
+    from hark.workers.reindex import TICK_RETRIES, run_tick, switch_alias
+
+    settings, client, store = _small_store(tmp_path)
+    resumed = []
+
+    def resume(_settings, _client, _store, state, only=None):
+        resumed.append(sorted(only))
+        retry = _state(store, {path: ("failed", "unreadable") for path in only})
+        store.set_reindex(state["collection"], {**state, "job": retry["job"]})
+
+    monkeypatch.setattr(reindexing, "resume", resume)
+    try:
+        switch_alias(client, "sounds", "sounds__v1")
+        store.set_reindex("sounds", _state(store, {"a.wav": ("ingested", ""), "b.wav": ("failed", "unreadable")}))
+    finally:
+        client.close()
+    for _ in range(TICK_RETRIES):
+        assert run_tick(settings)["retried"] == ["sounds: 1 files"]
+    assert TICK_RETRIES >= 1 and resumed == [["b.wav"]] * TICK_RETRIES
+    [error] = run_tick(settings)["errors"]  # still failing: now it waits for an operator
+    assert error.startswith("sounds: 1 of 1 files of sounds__v1 failed to re-ingest (b.wav: unreadable)")
+    assert len(resumed) == TICK_RETRIES
 
 
 def test_running_reindex_again_retries_only_the_files_that_failed(tmp_path, monkeypatch):

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_CHECKS = 5
 # A re-index recorded without a job for this long died between `start` recording it and submitting its job.
 STALE_START_S = 3600
+# Times the beat's tick submits a finished re-index's failed files again before leaving them to an operator.
+TICK_RETRIES = 2
 # Beyond the visibility timeout, before windows without `windows` count as left by a dead worker (clock skew).
 INCOMPLETE_GRACE_S = 300
 
@@ -364,7 +366,18 @@ def _tick_one(settings: Settings, client, store: JobStore, name: str, actions: d
             resume(settings, client, store, state)
             actions["running"].append(name)
         return
-    if store.status(state["job"])["state"] == "done":
-        actions["finished"].append(finish(settings, client, store, name)["live"])
-    else:
+    status = store.status(state["job"])
+    if status["state"] != "done":
         actions["running"].append(name)
+        return
+    failed = set(status["failures"])
+    retries = int(state.get("tick_retries", 0))
+    if failed and retries < TICK_RETRIES:
+        # A failure may be passing (a storage hiccup, a worker lost mid-batch): the tick retries the failed files
+        # a few times by itself before the refused switch waits for an operator (`hark reindex`).
+        state["tick_retries"] = retries + 1
+        store.set_reindex(name, state)
+        resume(settings, client, store, state, only=failed)
+        actions.setdefault("retried", []).append(f"{name}: {len(failed)} files")
+        return
+    actions["finished"].append(finish(settings, client, store, name)["live"])
