@@ -353,6 +353,45 @@ def test_beat_tick_removes_windows_older_than_any_running_attempt(fast_bundle, t
     assert sorted(p.payload["file_name"] for p in points(settings)) == ["done.wav"]
 
 
+def test_a_batch_past_its_deadline_starts_no_further_file(fast_bundle, tmp_path, monkeypatch):
+    """Celery's time limits hold only in the prefork pool: in the GPU worker's solo pool a slow batch ran past its
+    visibility timeout, was delivered again to another worker and ran twice."""
+    import time
+
+    from hark.workers import ingest as ingesting
+    from hark.workers.jobs import job_store
+
+    class Clock:  # each file takes one second of this module's monotonic clock
+        now = 0.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    clock = Clock()
+    real = ingesting.ingest_item
+
+    def one_second(*args, **kwargs):
+        clock.now += 1.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingesting, "time", clock)
+    monkeypatch.setattr(ingesting, "ingest_item", one_second)
+    settings = settings_for(tmp_path)
+    files = [clip(tmp_path / f"{i}.wav", 2.0, 20 + i) for i in range(3)]
+    store = job_store(settings)
+    store.create("late", "audio", 3, str(fast_bundle))
+    outcomes = ingesting.process_batch("late", [Item(str(f)) for f in files], "audio", str(fast_bundle), store,
+                                       settings, deadline=0.5)
+    assert [o.status for o in outcomes] == ["ingested", "failed", "failed"]
+    status = store.status("late")
+    assert status["ingested"] == 1 and status["failed"] == 2
+    assert "time limit" in status["failures"][str(files[2])]
+    assert sorted(e["path"] for e in store.dead_letters()) == [str(files[1]), str(files[2])]
+
+
 def _user_point(settings: Settings) -> None:
     """A point written through the Qdrant API, without hark's payload: not hark's to remove."""
     from qdrant_client import models

@@ -8,6 +8,7 @@ as poison instead of letting it loop forever (Redis rejects behave like acks, so
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery, signals
 
@@ -17,9 +18,11 @@ from . import recovery
 from .ingest import Item, give_up, process_batch, retry_delay
 from .jobs import job_store, worker_name
 from .reindex import run_tick
-from .submit import QUEUE, TASK, TICK, celery_app
+from .submit import QUEUE, TASK, TICK, celery_app, soft_time_limit
 
 log = logging.getLogger(__name__)
+# Share of the soft time limit after which a batch starts no further file.
+BATCH_DEADLINE_SHARE = 0.9
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -40,8 +43,10 @@ def make_app(settings: Settings | None = None) -> Celery:
             return {"job": job_id, "poison": True}
         # Who holds the batch: `hark jobs` shows it, and a batch whose worker dies is redelivered (recovery).
         store.take(job_id, self.request.id, worker_name())
+        # Ends before Celery's soft limit, and in the solo pool, where that limit is never enforced.
+        deadline = time.monotonic() + soft_time_limit(settings) * BATCH_DEADLINE_SHARE
         try:
-            outcomes = process_batch(job_id, batch, collection, bundle, store, settings)
+            outcomes = process_batch(job_id, batch, collection, bundle, store, settings, deadline=deadline)
         except Exception as exc:
             store.release(job_id, self.request.id)
             countdown = retry_delay(settings, exc, self.request.retries)

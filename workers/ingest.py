@@ -337,11 +337,13 @@ def write_targets(client, store: JobStore, job_id: str, collection: str, bundle_
 
 
 def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_path: str, store: JobStore,
-                  settings: Settings, client=None) -> list[FileOutcome]:
+                  settings: Settings, client=None, deadline: float | None = None) -> list[FileOutcome]:
     """One attempt at a batch: records every file's outcome; transient Qdrant errors propagate.
 
     Files go to the live collection and, while a re-index of it runs, also to the new one (see
-    `write_targets`); the outcome reported is the live collection's.
+    `write_targets`); the outcome reported is the live collection's. Past `deadline` (time.monotonic()) no
+    further file is started: the rest fail (dead-lettered) with the reason, and the batch ends normally. Celery's
+    time limits need the prefork pool; this one holds in any pool (the GPU worker's solo pool included).
     """
     own = client is None
     client = client or connect(settings)
@@ -350,7 +352,13 @@ def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_pa
         for path in write_targets(client, store, job_id, collection, bundle_path, settings):
             ingestor = ingestor_for(path, settings)
             targets.append((ingestor, ingestor.target(client, collection, settings)))
-        outcomes = [ingest_item(item, targets, client, job_id, settings.max_spool_bytes)[0] for item in items]
+        outcomes = []
+        for item in items:
+            if deadline is not None and time.monotonic() > deadline:
+                outcomes.append(FileOutcome(item.path, "failed", "not started: the batch reached its time limit "
+                                                                 "(90% of HARK_VISIBILITY_TIMEOUT)"))
+                continue
+            outcomes.append(ingest_item(item, targets, client, job_id, settings.max_spool_bytes)[0])
         for _, physical in targets:
             maybe_build_index(client, physical)
     finally:

@@ -53,7 +53,8 @@ def celery_app(settings: Settings) -> Celery:
         # redelivery counts towards the poison verdict: a batch past the timeout runs twice, then is dead-lettered
         # while it still runs. The soft limit ends it first (its unfinished files are dead-lettered with the
         # reason; not transient, so never retried), the hard limit a worker stuck in C code. Both need the prefork
-        # pool; the solo pool of the embedded store and CUDA ignores them.
+        # pool; the solo pool of the embedded store and CUDA ignores them, and there only the task's own deadline
+        # (no file started after 90% of the soft limit, `process_batch`) bounds a batch.
         task_soft_time_limit=soft_limit,
         task_time_limit=max(soft_limit + 1, settings.visibility_timeout - 5),
     )
