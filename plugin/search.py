@@ -247,7 +247,12 @@ class AudioSearch:
         events = [ordered_events(t) if order_weight else None for t in texts]
         extra = [e for ev in events if ev for e in ev]
         n = len(texts)
-        k = max(candidates or self.candidates, limit + offset)
+        # Pages cut one fixed ranking: the prefilter's order in blocks of `block` candidates, each block fused (and
+        # re-scored for order) on its own. A pool that grew with the offset re-ranked the windows of earlier pages
+        # among the new ones, so paging past it repeated some hits and never showed others.
+        block = candidates or self.candidates
+        end = limit + offset
+        k = min(-(-end // block) * block, max(MAX_CANDIDATES, end))
         flt = parse_filter(filter)
         use_rerank = rerank and reranker is not None
         times = StageTimes()
@@ -283,24 +288,25 @@ class AudioSearch:
             rerank_scores = reranker.score_packed(tokens, mask, [(c.rows, c.counts) for c in found])
             times.rerank = time.perf_counter() - start
         start = time.perf_counter()
-        # A query that states an order re-scores a wider pool of its best candidates with their moments first.
-        pools = [min(k, max(limit + offset, ORDER_POOL)) if ev else limit + offset for ev in events]
-        ranked = [self._order_pool(bundle.fusion, candidates, att, pool, group_by_source) if ev
-                  else self._fuse(bundle.fusion, candidates, att, pool, group_by_source)
-                  for candidates, att, pool, ev in zip(found, rerank_scores, pools, events, strict=True)]
+        plans = [self._plan(bundle.fusion, c, att, block, end, group_by_source, bool(ev))
+                 for c, att, ev in zip(found, rerank_scores, events, strict=True)]
         times.fuse = time.perf_counter() - start
-        if bundle.moments is not None and any(ranked):
-            start = time.perf_counter()
-            stored = self._moment_rows(physical, ranked, store_call)
-            for q, ev in enumerate(events):
-                if ev:
-                    ranked[q] = self._order(ranked[q], stored, event_vectors[q], bundle.moments, order_weight,
-                                            limit + offset, group_by_source)
-            results = [hits[offset:] for hits in ranked]
-            self._add_spans(bundle, sentence, results, stored)
-            times.moments = time.perf_counter() - start
-        else:
-            results = [hits[offset:] for hits in ranked]
+        if bundle.moments is None:
+            results = [_flatten(plan, group_by_source)[offset:end] for plan in plans]
+            return SearchResult(results, times, physical)
+        start = time.perf_counter()
+        stored = self._moment_rows(physical, [[h for pool, _ in plan for h in pool] for plan in plans], store_call)
+        results = []
+        for plan, ev in zip(plans, event_vectors, strict=True):
+            for pool, _ in plan:
+                if pool:
+                    self._order(pool, stored, ev, bundle.moments, order_weight)
+            results.append(_flatten(plan, group_by_source)[offset:end])
+        unread = [[h for h in hits if h.id not in stored] for hits in results]
+        if any(unread):
+            stored |= self._moment_rows(physical, unread, store_call)
+        self._add_spans(bundle, sentence, results, stored)
+        times.moments = time.perf_counter() - start
         return SearchResult(results, times, physical)
 
     def _moment_rows(self, collection: str, ranked: list[list[Hit]],
@@ -308,6 +314,8 @@ class AudioSearch:
         """The stored sub-window rows of the given hits, as unit rows (one store read; hits stored without
         moments are absent)."""
         ids = list(dict.fromkeys(hit.id for hits in ranked for hit in hits))
+        if not ids:
+            return {}
 
         def read():
             return vectors_of(self.client, collection, ids, "moments")
@@ -319,34 +327,54 @@ class AudioSearch:
         return stored
 
     @classmethod
-    def _order_pool(cls, fusion: dict[str, float], candidates: Candidates, att: np.ndarray | None, pool: int,
-                    group_by_source: bool) -> list[Hit]:
-        """The fused candidates an order query re-scores: the best `pool` windows, or with `group_by_source` every
-        window of the best `pool` recordings (a few long recordings' windows would otherwise fill the pool and
-        leave fewer than `limit` recordings once grouped)."""
+    def _plan(cls, fusion: dict[str, float], candidates: Candidates, att: np.ndarray | None, block: int, end: int,
+              group_by_source: bool, order: bool) -> list[tuple[list[Hit], list[Hit]]]:
+        """The blocks a page up to `end` reads, best first. Each block is `block` candidates in prefilter order,
+        fused and sorted on its own; grouped, it leaves out recordings an earlier block holds. Per block: (the
+        windows an order query re-scores, the rest); with no order, everything is the rest."""
+        hits = cls._fuse(fusion, candidates, att, len(candidates.ids), False, ranked=False)
+        plan: list[tuple[list[Hit], list[Hit]]] = []
+        seen: set[str] = set()
+        count = 0
+        for first in range(0, len(hits), block):
+            part = sorted(hits[first:first + block], key=lambda h: h.score, reverse=True)
+            if group_by_source:
+                part = [h for h in part if _recording(h) not in seen]
+                new = {_recording(h) for h in part}
+                seen |= new
+                count += len(new)
+            else:
+                count += len(part)
+            plan.append(cls._order_pool(part, group_by_source) if order else ([], part))
+            if count >= end:
+                break
+        return plan
+
+    @staticmethod
+    def _order_pool(hits: list[Hit], group_by_source: bool) -> tuple[list[Hit], list[Hit]]:
+        """Sorted hits split into the pool an order query re-scores and the rest: the best ORDER_POOL windows, or
+        with `group_by_source` every window of the best ORDER_POOL recordings (a few long recordings' windows would
+        otherwise fill the pool and leave fewer than `limit` recordings once grouped)."""
         if not group_by_source:
-            return cls._fuse(fusion, candidates, att, pool, False)
-        kept, recordings = [], set()
-        for hit in cls._fuse(fusion, candidates, att, len(candidates.ids), False):
+            return hits[:ORDER_POOL], hits[ORDER_POOL:]
+        pool, rest, recordings = [], [], set()
+        for hit in hits:
             key = _recording(hit)
-            if key not in recordings:
-                if len(recordings) >= pool:
-                    continue
+            if key not in recordings and len(recordings) < ORDER_POOL:
                 recordings.add(key)
-            kept.append(hit)
-        return kept
+            (pool if key in recordings else rest).append(hit)
+        return pool, rest
 
     @staticmethod
     def _order(hits: list[Hit], stored: dict[Any, np.ndarray], events: np.ndarray, spec: MomentSpec,
-               weight: float, limit: int, group_by_source: bool) -> list[Hit]:
-        """Add weight x order agreement to each hit with moments, re-rank, then group and cut as `_fuse` does."""
+               weight: float) -> None:
+        """Add weight x order agreement to each hit with moments and re-sort the hits in place."""
         for hit in hits:
             rows = stored.get(hit.id)
             if rows is not None:
                 hit.order = order_agreement(event_times(rows, events, spec), spec)
                 hit.score += weight * hit.order
         hits.sort(key=lambda h: h.score, reverse=True)
-        return _group(hits, group_by_source)[:limit]
 
     @staticmethod
     def _add_spans(bundle: Bundle, sentence: np.ndarray, results: list[list[Hit]],
@@ -391,7 +419,9 @@ class AudioSearch:
 
     @staticmethod
     def _fuse(fusion: dict[str, float], candidates: Candidates, att: np.ndarray | None, limit: int,
-              group_by_source: bool) -> list[Hit]:
+              group_by_source: bool, ranked: bool = True) -> list[Hit]:
+        """Each candidate's hit with its fused score: sorted, grouped and cut to `limit`, or with `ranked` False
+        in the prefilter's order."""
         w_cos, w_att = fusion.get("cosine", 1.0), fusion.get("attention", 0.0)
         hits = []
         for i, (pid, cosine, payload) in enumerate(zip(candidates.ids, candidates.scores.tolist(),
@@ -405,8 +435,15 @@ class AudioSearch:
             hits.append(Hit(id=pid, score=fused, cosine=cosine, rerank=part, payload=payload,
                             source=payload.get("source_uri"),
                             offset=payload.get("window_offset") if windows and windows > 1 else None))
+        if not ranked:
+            return hits
         hits.sort(key=lambda h: h.score, reverse=True)
         return _group(hits, group_by_source)[:limit]
+
+
+def _flatten(plan: list[tuple[list[Hit], list[Hit]]], group_by_source: bool) -> list[Hit]:
+    """The ranking a plan's blocks make: each block's re-scored pool, then its rest (grouped when asked)."""
+    return [hit for pool, rest in plan for hit in _group(pool, group_by_source) + _group(rest, group_by_source)]
 
 
 def _group(hits: list[Hit], group_by_source: bool) -> list[Hit]:

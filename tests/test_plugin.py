@@ -476,13 +476,44 @@ def test_an_order_query_grouped_by_recording_keeps_limit_recordings():
     """The pool an order query re-scores counts recordings when hits are grouped: 4 long recordings whose 100
     windows hold the best cosines used to fill the 50-window pool, and 10 were asked for but 4 came back."""
     from hark.moments import MomentSpec
-    from hark.plugin.search import ORDER_POOL
+    from hark.plugin.search import ORDER_POOL, _flatten
     from hark.store.candidates import Candidates
 
     recordings = [f"long{i % 4}" if i < 100 else f"short{i}" for i in range(200)]
     candidates = Candidates(list(range(200)), np.array([1.0 - i / 1000 for i in range(200)]),
                             [{"content_hash": r, "source_uri": r} for r in recordings])
-    pool = AudioSearch._order_pool({"cosine": 1.0}, candidates, None, ORDER_POOL, True)
-    hits = AudioSearch._order(pool, {}, np.zeros((2, 4)), MomentSpec(2.0, 1.0), 0.2, 10, True)
+    plan = AudioSearch._plan({"cosine": 1.0}, candidates, None, 200, 10, True, order=True)
+    pool, rest = plan[0]
+    AudioSearch._order(pool, {}, np.zeros((2, 4)), MomentSpec(2.0, 1.0), 0.2)
+    hits = _flatten(plan, True)[:10]
     assert [h.source for h in hits] == ["long0", "long1", "long2", "long3", *[f"short{i}" for i in range(100, 106)]]
     assert len({_h.source for _h in pool}) == ORDER_POOL and len(pool) == 100 + ORDER_POOL - 4
+    assert not {_h.source for _h in pool} & {_h.source for _h in rest}
+
+
+@pytest.mark.parametrize("group_by_source", [False, True])
+@pytest.mark.parametrize("order", [False, True])
+def test_every_page_cuts_the_same_ranking(group_by_source, order):
+    """Pages are slices of one ranking whatever their offset: recordings whose windows straddle a block boundary
+    come back once, and a deeper page never re-ranks the hits of earlier ones."""
+    from hark.plugin.search import _flatten
+    from hark.store.candidates import Candidates
+
+    rng = np.random.default_rng(3)
+    n, block = 180, 40
+    recordings = [f"r{int(i)}" for i in rng.integers(0, 70, size=n)]
+    candidates = Candidates(list(range(n)), np.sort(rng.uniform(0, 1, n))[::-1].copy(),
+                            [{"content_hash": r, "source_uri": r} for r in recordings])
+    att = rng.uniform(0, 1, n).astype(np.float32)
+
+    def ranking(end: int) -> list:
+        plan = AudioSearch._plan({"cosine": 1.0, "attention": 1.0}, candidates, att, block, end, group_by_source,
+                                 order)
+        return [h.id for h in _flatten(plan, group_by_source)]
+
+    whole = ranking(n)
+    assert len(whole) == len(set(whole))
+    if group_by_source:
+        assert len(whole) == len(set(recordings))
+    for offset in range(0, len(whole), 9):
+        assert ranking(offset + 9)[offset:offset + 9] == whole[offset:offset + 9]

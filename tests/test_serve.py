@@ -151,12 +151,25 @@ def test_query_without_model_is_a_400(http):
 
 
 def test_paging_past_1000_matches_one_long_page(http):
-    long = q(http, {"query": dict(DOC, options={"candidates": 1200}), "limit": 1000}).json()["result"]["points"]
+    long = q(http, {"query": DOC, "limit": 1000}).json()["result"]["points"]
     # 300 points in all: a page that starts at 290 holds the last 10 of the long list.
     page = q(http, {"query": DOC, "limit": 995, "offset": 290}).json()
     assert [p["id"] for p in page["result"]["points"]] == [p["id"] for p in long[290:]]
     deep = q(http, {"query": DOC, "limit": 10, "offset": 1995})
     assert deep.status_code == 200 and deep.json()["result"]["points"] == []
+
+
+@pytest.mark.parametrize("candidates", [None, 64])
+def test_pages_past_the_candidate_pool_cut_one_ranking(http, candidates):
+    """Pages beyond the candidate pool (200 by default) re-ranked a pool that grew with the offset, which
+    reshuffled the hits of earlier pages among new ones: paging repeated some hits and never showed others."""
+    doc = DOC if candidates is None else dict(DOC, options={"candidates": candidates})
+    whole = [p["id"] for p in q(http, {"query": doc, "limit": 300}).json()["result"]["points"]]
+    paged = []
+    for offset in range(0, 300, 7):
+        paged += [p["id"] for p in q(http, {"query": doc, "limit": 7, "offset": offset}).json()["result"]["points"]]
+    assert len(whole) == 300 and len(set(whole)) == 300
+    assert paged == whole
 
 
 def test_integer_ids_stay_integers_and_omitted_fields_are_omitted(http, stack):
