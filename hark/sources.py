@@ -289,6 +289,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive
         return True
+    except (OverflowError, ValueError):  # no such process id can exist
+        return False
     return True
 
 
@@ -306,7 +308,7 @@ def sweep_spool(tmp_dir: str | None = None) -> list[Path]:
         return removed
     for path in entries:
         pid = path.name[len(mine):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             path.unlink()

@@ -272,7 +272,6 @@ class AudioSearch:
             event_vectors.append(sentence[at:at + len(ev)] if ev else None)
             at += len(ev) if ev else 0
         sentence, tokens, mask = sentence[:n], tokens[:n], mask[:n]
-        start = time.perf_counter()
 
         def prefilter():
             # The candidates come back as arrays (hark.store.candidates): no per-point models, and the `tokens`
@@ -280,17 +279,26 @@ class AudioSearch:
             return query_candidates(self.client, physical, sentence, "global", k, flt,
                                     rows="tokens" if use_rerank else None)
 
-        found = store_call(prefilter) if store_call is not None else prefilter()
-        times.prefilter = time.perf_counter() - start
-        rerank_scores: list[np.ndarray | None] = [None] * len(texts)
-        if use_rerank:
+        while True:
             start = time.perf_counter()
-            rerank_scores = reranker.score_packed(tokens, mask, [(c.rows, c.counts) for c in found])
-            times.rerank = time.perf_counter() - start
-        start = time.perf_counter()
-        plans = [self._plan(bundle.fusion, c, att, block, end, group_by_source, bool(ev))
-                 for c, att, ev in zip(found, rerank_scores, events, strict=True)]
-        times.fuse = time.perf_counter() - start
+            found = store_call(prefilter) if store_call is not None else prefilter()
+            times.prefilter += time.perf_counter() - start
+            rerank_scores: list[np.ndarray | None] = [None] * len(texts)
+            if use_rerank:
+                start = time.perf_counter()
+                rerank_scores = reranker.score_packed(tokens, mask, [(c.rows, c.counts) for c in found])
+                times.rerank += time.perf_counter() - start
+            start = time.perf_counter()
+            plans = [self._plan(bundle.fusion, c, att, block, end, group_by_source, bool(ev))
+                     for c, att, ev in zip(found, rerank_scores, events, strict=True)]
+            times.fuse += time.perf_counter() - start
+            # Grouped, K windows may hold fewer recordings than the page needs (a few long recordings fill a
+            # block): read further blocks while the store has more, or a page would end early and the next be empty.
+            wider = min(2 * k, max(MAX_CANDIDATES, end))
+            if not group_by_source or wider <= k or not any(
+                    len(c.ids) == k and len(_flatten(plan, True)) < end for c, plan in zip(found, plans, strict=True)):
+                break
+            k = wider
         if bundle.moments is None:
             results = [_flatten(plan, group_by_source)[offset:end] for plan in plans]
             return SearchResult(results, times, physical)

@@ -436,14 +436,20 @@ def test_sweep_removes_only_old_incomplete_hark_windows(backend, fast_bundle, tm
         payloads = {1: {**hark, "ingested_at": old},  # left by a dead worker: removed
                     2: {**hark, "ingested_at": new},  # being written now: kept
                     3: {**hark, "ingested_at": old, "windows": 1},  # complete: kept
-                    4: {"ingested_at": old, "note": "a user's own point"}}  # not hark's: kept
+                    4: {"ingested_at": old, "note": "a user's own point"},  # not hark's: kept
+                    5: {**hark, "ingested_at": old, "job": "live"}}  # its job still runs (a long file): kept
         client.upsert(physical, points=[models.PointStruct(id=i, vector=vector(), payload=p)
                                         for i, p in payloads.items()])
+        # Another application's collection on the same server: not hark's to sweep.
+        client.create_collection("theirs", vectors_config=client.get_collection(physical).config.params.vectors)
+        client.upsert("theirs", points=[models.PointStruct(id=1, vector=vector(), payload=payloads[1])])
         before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-        assert sweep_all_incomplete(client, before) == {physical: 1}
+        assert sweep_all_incomplete(client, before, running=lambda job: job == "live") == {physical: 1}
         found, _ = client.scroll(physical, limit=10)
-        assert sorted(p.id for p in found) == [2, 3, 4]
-        assert sweep_all_incomplete(client, before) == {}
+        assert sorted(p.id for p in found) == [2, 3, 4, 5]
+        assert client.count("theirs").count == 1
+        assert sweep_all_incomplete(client, before, running=lambda job: job == "live") == {}
+        assert sweep_all_incomplete(client, before) == {physical: 1}  # once that job is over
     finally:
         client.close()
 

@@ -172,6 +172,37 @@ def test_pages_past_the_candidate_pool_cut_one_ranking(http, candidates):
     assert paged == whole
 
 
+def test_grouped_pages_read_further_blocks_when_a_few_recordings_fill_one(stack):
+    """Grouped by recording, the 200 best windows may be a few long recordings': a page of 10 came back with 5
+    hits and the next one empty, and the other recordings could not be paged to."""
+    from qdrant_client import models
+
+    from hark.plugin.search import AudioSearch
+    from hark.store import ensure_collection
+
+    client, bundle = stack["client"], stack["bundle"]
+    plain = AudioSearch(client, bundle, "sounds", "cpu")
+    ranked = [h.id for h in plain.query(["a dog barks"], limit=300, candidates=300, rerank=False).hits[0]]
+    stored, _ = client.scroll(stack["physical"], limit=300, with_vectors=True)
+    vectors = {p.id: p.vector for p in stored}
+    target = ensure_collection(client, "grouped", bundle)
+    recording = {pid: f"long{rank % 5}" if rank < 200 else f"short{rank}" for rank, pid in enumerate(ranked)}
+    client.upsert(target, [models.PointStruct(id=pid, vector=vectors[pid], payload={
+        "content_hash": rec, "source_uri": f"/nowhere/{rec}.wav", "windows": 40 if rec.startswith("long") else 1})
+        for pid, rec in recording.items()], wait=True)
+    grouped = AudioSearch(client, bundle, "grouped", "cpu")
+
+    def page(offset: int, limit: int) -> list[str]:
+        hits = grouped.query(["a dog barks"], limit=limit, offset=offset, group_by_source=True).hits[0]
+        return [h.payload["content_hash"] for h in hits]
+
+    whole = page(0, 105)
+    assert len(whole) == len(set(whole)) == 105
+    pages = [page(offset, 10) for offset in range(0, 110, 10)]
+    assert [len(p) for p in pages] == [10] * 10 + [5]
+    assert [rec for p in pages for rec in p] == whole
+
+
 def test_integer_ids_stay_integers_and_omitted_fields_are_omitted(http, stack):
     points = q(http, {"query": DOC, "limit": 300}).json()["result"]["points"]
     ids = [p["id"] for p in points]

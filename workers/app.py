@@ -43,7 +43,8 @@ def make_app(settings: Settings | None = None) -> Celery:
             return {"job": job_id, "poison": True}
         # Who holds the batch: `hark jobs` shows it, and a batch whose worker dies is redelivered (recovery).
         store.take(job_id, self.request.id, worker_name())
-        # Ends before Celery's soft limit, and in the solo pool, where that limit is never enforced.
+        # No file starts past 90% of Celery's soft limit; this holds in the solo pool too, where that limit is
+        # never enforced (a file already started may still run past it).
         deadline = time.monotonic() + soft_time_limit(settings) * BATCH_DEADLINE_SHARE
         try:
             outcomes = process_batch(job_id, batch, collection, bundle, store, settings, deadline=deadline)

@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from hark.store import (
     live_version,
     maybe_build_index,
     point_id,
+    version_of,
 )
 
 from .jobs import JobStore, dead_letter_entry
@@ -356,7 +357,7 @@ def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_pa
         for item in items:
             if deadline is not None and time.monotonic() > deadline:
                 outcomes.append(FileOutcome(item.path, "failed", "not started: the batch reached its time limit "
-                                                                 "(90% of HARK_VISIBILITY_TIMEOUT)"))
+                                                                 "(81% of HARK_VISIBILITY_TIMEOUT)"))
                 continue
             outcomes.append(ingest_item(item, targets, client, job_id, settings.max_spool_bytes)[0])
         for _, physical in targets:
@@ -398,39 +399,47 @@ def retry_delay(settings: Settings, exc: BaseException, attempt: int) -> float |
     return None
 
 
-def sweep_incomplete(client, physical: str, before: dt.datetime) -> int:
+def sweep_incomplete(client, physical: str, before: dt.datetime,
+                     running: Callable[[str], bool] | None = None) -> int:
     """Delete the windows of files whose ingestion never finished, written before `before`; returns how many.
 
     A worker killed mid-file leaves windows without `windows` in their payload. Its redelivery writes the same
     ids again and completes them, but a file that is then dead-lettered, or never submitted again, kept them:
     searchable, without a duration, and never counted as stored. Only hark's own points are considered (they
-    carry `content_hash` and `window_index`): points written through the Qdrant API are not hark's to remove."""
+    carry `content_hash` and `window_index`): points written through the Qdrant API are not hark's to remove.
+    `running(job)` True keeps the windows of a job still in progress, however old (a long file in a pool without
+    time limits)."""
     from qdrant_client import models
 
     cutoff = before.astimezone(dt.UTC).isoformat(timespec="seconds")
     empty = [models.IsEmptyCondition(is_empty=models.PayloadField(key=k)) for k in ("windows", "content_hash",
                                                                                    "window_index")]
-    before_cutoff = models.FieldCondition(key="ingested_at", range=models.DatetimeRange(lt=cutoff))
-    flt = models.Filter(must=[empty[0], before_cutoff], must_not=empty[1:])
+    stale = [empty[0], models.FieldCondition(key="ingested_at", range=models.DatetimeRange(lt=cutoff))]
     ids: list[Any] = []
     offset = None
     while True:
-        found, offset = client.scroll(physical, scroll_filter=flt, limit=1000, offset=offset, with_payload=False,
-                                      with_vectors=False)
-        ids.extend(p.id for p in found)
+        found, offset = client.scroll(physical, scroll_filter=models.Filter(must=stale, must_not=empty[1:]),
+                                      limit=1000, offset=offset, with_payload=["job"], with_vectors=False)
+        ids.extend(p.id for p in found if running is None or not running(str((p.payload or {}).get("job") or "")))
         if offset is None:
             break
     if ids:
-        client.delete(physical, points_selector=models.PointIdsList(points=ids), wait=True)
-        log.warning("removed %d windows of files whose ingestion never finished from %s", len(ids), physical)
+        # The delete repeats the conditions: a window a redelivery rewrote since the scroll (a newer time, then
+        # `windows`) no longer matches them and stays.
+        again = models.Filter(must=[*stale, models.HasIdCondition(has_id=ids)], must_not=empty[1:])
+        client.delete(physical, points_selector=models.FilterSelector(filter=again), wait=True)
+        log.warning("removed up to %d windows of files whose ingestion never finished from %s", len(ids), physical)
     return len(ids)
 
 
-def sweep_all_incomplete(client, before: dt.datetime) -> dict[str, int]:
-    """`sweep_incomplete` over every collection of the store; {collection: windows removed} where any were."""
+def sweep_all_incomplete(client, before: dt.datetime, running: Callable[[str], bool] | None = None) -> dict[str, int]:
+    """`sweep_incomplete` over hark's collections (`NAME__<version>`); {collection: windows removed} where any
+    were. Other applications' collections on the same server are left alone."""
     removed = {}
     for c in client.get_collections().collections:
-        n = sweep_incomplete(client, c.name, before)
+        if version_of(c.name) is None:
+            continue
+        n = sweep_incomplete(client, c.name, before, running)
         if n:
             removed[c.name] = n
     return removed
@@ -444,12 +453,15 @@ def run_inline(job_id: str, batches: Sequence[Sequence[Item]], collection: str, 
     began belong to a process that died: they are removed first."""
     if settings.embedded_qdrant:
         own = client is None
-        sweeper = client or connect(settings)
         try:
-            sweep_all_incomplete(sweeper, dt.datetime.now(dt.UTC))
-        finally:
-            if own:
-                sweeper.close()
+            sweeper = client or connect(settings)
+            try:
+                sweep_all_incomplete(sweeper, dt.datetime.now(dt.UTC))
+            finally:
+                if own:
+                    sweeper.close()
+        except Exception as exc:  # housekeeping: the job runs whatever became of it
+            log.warning("could not remove windows of files whose ingestion never finished: %s", exc)
     for batch in batches:
         attempt = 0
         while True:

@@ -331,11 +331,11 @@ def run_tick(settings: Settings) -> dict[str, list[str] | str]:
                 except Exception as exc:
                     log.error("re-index tick, starting %s: %s", collection, exc)
                     errors.append(f"{collection}: {exc}")
-        # Windows a killed worker left incomplete, once no attempt at their file can still be running: a batch is
-        # killed before its visibility timeout, and a redelivery rewrites the file with a newer time.
+        # Windows a killed worker left incomplete: older than a visibility timeout (a redelivery rewrites the file
+        # with a newer time) and of a job that is over (in the solo pool nothing ends a long file's batch).
         try:
             before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.visibility_timeout + INCOMPLETE_GRACE_S)
-            swept = sweep_all_incomplete(client, before)
+            swept = sweep_all_incomplete(client, before, _job_running(store))
             if swept:
                 actions["swept"] = [f"{name}: {n} windows" for name, n in swept.items()]
         except Exception as exc:
@@ -347,6 +347,21 @@ def run_tick(settings: Settings) -> dict[str, list[str] | str]:
     if errors:
         actions["errors"] = errors
     return actions
+
+
+def _job_running(store: JobStore):
+    """job id -> whether that job is still in progress (an unknown or expired job is not), asked once per job."""
+    known: dict[str, bool] = {}
+
+    def running(job: str) -> bool:
+        if job not in known:
+            try:
+                known[job] = bool(job) and store.status(job)["state"] != "done"
+            except KeyError:
+                known[job] = False
+        return known[job]
+
+    return running
 
 
 def _tick_one(settings: Settings, client, store: JobStore, name: str, actions: dict[str, list]) -> None:
@@ -375,8 +390,7 @@ def _tick_one(settings: Settings, client, store: JobStore, name: str, actions: d
     if failed and retries < TICK_RETRIES:
         # A failure may be passing (a storage hiccup, a worker lost mid-batch): the tick retries the failed files
         # a few times by itself before the refused switch waits for an operator (`hark reindex`).
-        state["tick_retries"] = retries + 1
-        store.set_reindex(name, state)
+        state["tick_retries"] = retries + 1  # recorded with the retry's job (`resume`), so a failed submit costs none
         resume(settings, client, store, state, only=failed)
         actions.setdefault("retried", []).append(f"{name}: {len(failed)} files")
         return
