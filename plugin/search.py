@@ -247,10 +247,11 @@ class AudioSearch:
         events = [ordered_events(t) if order_weight else None for t in texts]
         extra = [e for ev in events if ev for e in ev]
         n = len(texts)
-        # Pages cut one fixed ranking: the prefilter's order in blocks of `block` candidates, each block fused (and
-        # re-scored for order) on its own. A pool that grew with the offset re-ranked the windows of earlier pages
-        # among the new ones, so paging past it repeated some hits and never showed others.
-        block = candidates or self.candidates
+        # Pages of one size cut one fixed ranking: the prefilter's order in blocks of `block` candidates, each block
+        # fused (and re-scored for order) on its own. A pool that grew with the offset re-ranked the windows of
+        # earlier pages among the new ones, so paging repeated some hits and never showed others. A block is at
+        # least a page, so a page at a multiple of its size lies in one block and its scores fall throughout.
+        block = max(candidates or self.candidates, limit)
         end = limit + offset
         k = min(-(-end // block) * block, max(MAX_CANDIDATES, end))
         flt = parse_filter(filter)

@@ -159,17 +159,23 @@ def test_paging_past_1000_matches_one_long_page(http):
     assert deep.status_code == 200 and deep.json()["result"]["points"] == []
 
 
-@pytest.mark.parametrize("candidates", [None, 64])
-def test_pages_past_the_candidate_pool_cut_one_ranking(http, candidates):
+@pytest.mark.parametrize(("candidates", "size"), [(None, 7), (None, 10), (64, 10), (64, 100)])
+def test_pages_past_the_candidate_pool_cut_one_ranking(http, candidates, size):
     """Pages beyond the candidate pool (200 by default) re-ranked a pool that grew with the offset, which
     reshuffled the hits of earlier pages among new ones: paging repeated some hits and never showed others."""
     doc = DOC if candidates is None else dict(DOC, options={"candidates": candidates})
-    whole = [p["id"] for p in q(http, {"query": doc, "limit": 300}).json()["result"]["points"]]
-    paged = []
-    for offset in range(0, 300, 7):
-        paged += [p["id"] for p in q(http, {"query": doc, "limit": 7, "offset": offset}).json()["result"]["points"]]
-    assert len(whole) == 300 and len(set(whole)) == 300
-    assert paged == whole
+    pages = [q(http, {"query": doc, "limit": size, "offset": offset}).json()["result"]["points"]
+             for offset in range(0, 300, size)]
+    paged = [p["id"] for page in pages for p in page]
+    assert len(paged) == len(set(paged)) == 300  # every point once
+    block = max(candidates or 200, size)
+    for number, page in enumerate(pages):
+        if (number * size) // block == (number * size + len(page) - 1) // block:  # inside one block: sorted
+            scores = [p["score"] for p in page]
+            assert scores == sorted(scores, reverse=True)
+    # A page as long as the collection is one block: sorted throughout.
+    whole = [p["score"] for p in q(http, {"query": doc, "limit": 300}).json()["result"]["points"]]
+    assert len(whole) == 300 and whole == sorted(whole, reverse=True)
 
 
 def test_grouped_pages_read_further_blocks_when_a_few_recordings_fill_one(stack):
