@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # A decode shorter than this fraction of the declared length is treated as truncated. Codec priming and
 # padding move the count by a few milliseconds, never by 10 %.
 MIN_DECLARED_FRACTION = 0.9
+# Below this a declared sample rate is a broken or hostile header, not audio (telephone speech is 8 kHz): an 80 KB
+# WAV declaring 1 Hz decoded to 5.5 hours at 32 kHz, hundreds of windows to embed.
+MIN_SAMPLE_RATE = 1000
 
 _HEAD_BYTES = 65536
 # An Ogg page is at most 27 + 255 + 255 * 255 bytes: the last one lies in this many bytes from the end.
@@ -293,6 +296,12 @@ def _stream_pyav(source: Source, skip_frames: int, state: dict) -> Iterator[np.n
         container.close()
 
 
+def _check_rate(rate: int, label: str) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioDecodeError(label, f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz: a broken header, not "
+                                      "audio")
+
+
 def iter_audio(source: Source, sample_rate: int = SAMPLE_RATE, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
     """Decode a file path or an in-memory file as a stream of 1-D float32 mono blocks at `sample_rate`.
 
@@ -323,6 +332,7 @@ def iter_audio(source: Source, sample_rate: int = SAMPLE_RATE, block_seconds: fl
     if handle is not None:
         with handle:
             rate = int(handle.samplerate)
+            _check_rate(rate, label)
             sf_declared = int(handle.frames) if 0 < handle.frames < _UNKNOWN_FRAMES else None
             declared = max(filter(None, (sf_declared, riff_declared)), default=None)
             sink = _MonoSink(rate, sample_rate)
@@ -355,7 +365,9 @@ def iter_audio(source: Source, sample_rate: int = SAMPLE_RATE, block_seconds: fl
     try:
         for block in _stream_pyav(source, 0, state):
             if sink is None:
-                sink = _MonoSink(state.get("rate") or state.get("header_rate") or sample_rate, sample_rate)
+                rate = state.get("rate") or state.get("header_rate") or sample_rate
+                _check_rate(rate, label)
+                sink = _MonoSink(rate, sample_rate)
             out = sink.push(_finite(block, label))
             if len(out):
                 yield out

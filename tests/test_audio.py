@@ -212,6 +212,20 @@ def test_non_finite_samples(tmp_path):
     _expect_error(path, "NaN or infinite")
 
 
+@pytest.mark.parametrize("rate", [1, 100, 999])
+def test_a_sample_rate_below_audio_is_a_broken_header(tmp_path, rate):
+    """An 80 KB WAV declaring 1 Hz decoded to 5.5 hours at 32 kHz: hundreds of windows to embed from one file."""
+    path = tmp_path / f"rate{rate}.wav"
+    sf.write(path, _tone(20000), rate)
+    _expect_error(path, f"sample rate {rate} Hz is below 1000 Hz")
+
+
+def test_telephone_rate_still_decodes(tmp_path):
+    path = tmp_path / "phone.wav"
+    sf.write(path, _tone(8000), 8000)
+    assert len(decode_audio(path)) == pytest.approx(len(_tone(8000)) / 8000 * SAMPLE_RATE, abs=2)
+
+
 def test_missing_file_and_directory(tmp_path):
     _expect_error(tmp_path / "absent.wav", "not found")
     _expect_error(tmp_path, "directory")
