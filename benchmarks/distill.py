@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage2-epochs", type=int, default=4)
     parser.add_argument("--stage2-lr", type=float, default=None, help="stage-2 peak lr (default: the config's)")
     parser.add_argument("--kd-lambda", type=float, default=1.0)
+    parser.add_argument("--caption-noise", type=float, default=0.0,
+                        help="share of development clips whose captions are another clip's (weak web labels)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/hark-quality"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at a time, one process each")
@@ -84,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.students) & set(args.teachers):
         parser.error("a seed cannot be both a student and a teacher")
     torch.set_num_threads(args.threads)
+    if not 0 <= args.caption_noise < 1:
+        parser.error("--caption-noise must be in [0, 1)")
     data = corpus(args.root, "a", tuple(args.clips), args.corpus_seed)
+    if args.caption_noise:
+        data = noisy_corpus(data, args.caption_noise)
     work = args.root / f"distill_{int(time.time())}"
     student_set = list(args.set) + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     teacher_epochs = args.teacher_epochs or args.epochs
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": str(data), "config": args.config, "student_overrides": student_set,
         "teacher_overrides": teacher_set, "teachers_from": str(args.teachers_from or ""),
         "teacher_heads": args.teacher_heads, "stage2_epochs": args.stage2_epochs,
-        "kd_lambda": args.kd_lambda,
+        "kd_lambda": args.kd_lambda, "caption_noise": args.caption_noise,
         "stage2_lr": args.stage2_lr, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "teachers_val_mAP@10": {f"seed{s}": _best(runs[("teacher", s)]["history"]) for s in args.teachers},
@@ -159,6 +165,38 @@ def main(argv: list[str] | None = None) -> int:
     report["gains"] = {k: {"each": v, "mean": round(float(np.mean(v)), 2)} for k, v in gains.items() if v}
     print(json.dumps(report))
     return 0 if all(np.isfinite(g) for v in gains.values() for g in v) else 1
+
+
+def noisy_corpus(clean: Path, share: float, seed: int = 7) -> Path:
+    """`clean` with wrong development captions for `share` of its clips, validation and evaluation untouched.
+
+    Web-scraped training captions (WavCaps, a part of the report's data) are often about another sound. The chosen
+    clips trade captions among themselves (a random derangement), so the captions' wording stays that of the corpus
+    and only the pairing is wrong. Audio and the other splits are symlinks to the clean corpus."""
+    import csv
+    import shutil
+
+    out = clean.parent / f"{clean.name}_noise{share:g}_{seed}"
+    if (out / "noisy-done").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    for entry in clean.iterdir():
+        (out / entry.name).symlink_to(entry.resolve())
+    captions = out / "clotho_captions_development.csv"
+    captions.unlink()
+    with open(clean / captions.name, newline="", encoding="utf-8") as f:
+        header, *rows = list(csv.reader(f))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(rows), size=round(share * len(rows)), replace=False)
+    shift = np.roll(chosen, 1)  # each chosen clip gets the captions of the one before it: none keeps its own
+    texts = [row[1:] for row in rows]
+    for i, j in zip(chosen, shift, strict=True):
+        rows[i] = [rows[i][0], *texts[j]]
+    with open(captions, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    (out / "noisy-done").write_text(f"{len(chosen)} of {len(rows)} development clips carry another clip's captions\n")
+    return out
 
 
 def _history(run: Path) -> list[dict]:
