@@ -37,6 +37,7 @@ from hark.store import (
     live_version,
     maybe_build_index,
     point_id,
+    scroll_payloads,
     version_of,
 )
 
@@ -357,7 +358,7 @@ def process_batch(job_id: str, items: Sequence[Item], collection: str, bundle_pa
         for item in items:
             if deadline is not None and time.monotonic() > deadline:
                 outcomes.append(FileOutcome(item.path, "failed", "not started: the batch reached its time limit "
-                                                                 "(81% of HARK_VISIBILITY_TIMEOUT)"))
+                                                                 "(set by HARK_VISIBILITY_TIMEOUT)"))
                 continue
             outcomes.append(ingest_item(item, targets, client, job_id, settings.max_spool_bytes)[0])
         for _, physical in targets:
@@ -415,18 +416,13 @@ def sweep_incomplete(client, physical: str, before: dt.datetime,
     empty = [models.IsEmptyCondition(is_empty=models.PayloadField(key=k)) for k in ("windows", "content_hash",
                                                                                    "window_index")]
     stale = [empty[0], models.FieldCondition(key="ingested_at", range=models.DatetimeRange(lt=cutoff))]
-    ids: list[Any] = []
-    offset = None
-    while True:
-        found, offset = client.scroll(physical, scroll_filter=models.Filter(must=stale, must_not=empty[1:]),
-                                      limit=1000, offset=offset, with_payload=["job"], with_vectors=False)
-        ids.extend(p.id for p in found if running is None or not running(str((p.payload or {}).get("job") or "")))
-        if offset is None:
-            break
+    candidates = models.Filter(must=stale, must_not=empty[1:])
+    ids = [pid for pid, payload in scroll_payloads(client, physical, ["job"], candidates, page=1000)
+           if running is None or not running(str(payload.get("job") or ""))]
     if ids:
         # The delete repeats the conditions: a window a redelivery rewrote since the scroll (a newer time, then
         # `windows`) no longer matches them and stays.
-        again = models.Filter(must=[*stale, models.HasIdCondition(has_id=ids)], must_not=empty[1:])
+        again = models.Filter(must=[*stale, models.HasIdCondition(has_id=ids)], must_not=candidates.must_not)
         client.delete(physical, points_selector=models.FilterSelector(filter=again), wait=True)
         log.warning("removed up to %d windows of files whose ingestion never finished from %s", len(ids), physical)
     return len(ids)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,14 @@ from hark.bundle import Bundle
 from hark.errors import HarkError
 from hark.registry import active_pin, pin, registered, resolve_bundle
 from hark.settings import Settings
-from hark.store import collection_name, connect, ensure_collection, resolve_collection, version_of
+from hark.store import (
+    collection_name,
+    connect,
+    ensure_collection,
+    resolve_collection,
+    scroll_payloads,
+    version_of,
+)
 
 from .ingest import Item, ingestor_for, stream_windows, sweep_all_incomplete
 from .jobs import JobStore, job_store
@@ -48,28 +54,17 @@ def versions_of(client, collection: str) -> list[str]:
     return [c.name[len(prefix):] for c in client.get_collections().collections if c.name.startswith(prefix)]
 
 
-def _payloads(client, physical: str, fields: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(point id, payload with `fields`) of every point of `physical`, a page at a time."""
-    offset = None
-    while True:
-        points, offset = client.scroll(physical, limit=512, offset=offset, with_payload=fields, with_vectors=False)
-        for p in points:
-            yield str(p.id), p.payload or {}
-        if offset is None:
-            return
-
-
 def _sources(client, physical: str) -> tuple[list[Item], dict[str, list[str]]]:
     """Each source file once (with its metadata) and the point ids stored per source."""
     items: dict[str, Item] = {}
     ids: dict[str, list[str]] = {}
-    for pid, payload in _payloads(client, physical, ["source_uri", "sources", "meta"]):
+    for pid, payload in scroll_payloads(client, physical, ["source_uri", "sources", "meta"]):
         uri = payload.get("source_uri")
         if uri:
             # The first name first, then the others it was seen under (they re-ingest as duplicates).
             for name in [uri, *(payload.get("sources") or [])]:
                 items.setdefault(name, Item(name, payload.get("meta") or {}))
-            ids.setdefault(uri, []).append(pid)
+            ids.setdefault(uri, []).append(str(pid))
     return list(items.values()), ids
 
 
@@ -100,7 +95,7 @@ def start(settings: Settings, client, store: JobStore, collection: str, bundle_r
 def _stored_names(client, physical: str) -> set[str]:
     """Every name (first and other) of the files stored complete in `physical` (their points carry `windows`)."""
     names: set[str] = set()
-    for _, payload in _payloads(client, physical, ["source_uri", "sources", "windows"]):
+    for _, payload in scroll_payloads(client, physical, ["source_uri", "sources", "windows"]):
         if payload.get("windows") and payload.get("source_uri"):
             names.add(payload["source_uri"])
             names.update(payload.get("sources") or [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -194,6 +194,19 @@ def check_schema(client, physical: str, bundle: Bundle) -> None:
         if existing is None or existing.size != spec.size:
             raise StoreError(f"collection {physical} does not match bundle {bundle.version}: vector "
                              f"'{spec.name}' should have size {spec.size}")
+
+
+def scroll_payloads(client, collection: str, fields: list[str], scroll_filter: Any = None,
+                    page: int = 512) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """(point id, payload with `fields`) of every point of `collection` (matching `scroll_filter`), a page at a time."""
+    offset = None
+    while True:
+        points, offset = client.scroll(collection, scroll_filter=scroll_filter, limit=page, offset=offset,
+                                       with_payload=fields, with_vectors=False)
+        for p in points:
+            yield p.id, p.payload or {}
+        if offset is None:
+            return
 
 
 def existing_ids(client, collection: str, ids: Iterable[str]) -> set[str]:
