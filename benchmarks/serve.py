@@ -107,6 +107,25 @@ def encoder_curve(bundle, sizes: list[int], repeats: int) -> dict[int, float]:
     return out
 
 
+def _cpu_list(text: str) -> list[int]:
+    """'0,2-4' -> [0, 2, 3, 4] (taskset's list syntax)."""
+    out: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def _cpu_s() -> float:
     import resource
 
@@ -114,10 +133,14 @@ def _cpu_s() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def load(url: str, clients: int, seconds: float, k: int) -> tuple[float, list[float], dict[str, float], float]:
+def load(url: str, clients: int, seconds: float, k: int, cpus: frozenset[int] | None = None,
+         ) -> tuple[float, list[float], dict[str, float], float]:
     """(requests/s, latencies in ms, median ms per stage as each response reported it, CPU seconds this process
-    spent generating the load)."""
+    spent generating the load). `cpus`: the cores the load generator runs on (its own process only)."""
     import httpx
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     latencies: list[float] = []
     stages: list[dict[str, float]] = []
@@ -159,16 +182,23 @@ def main() -> None:
                         help="the embedded engine (hark.store.edge.EdgeStore) or qdrant-client's local mode")
     parser.add_argument("--clients", choices=["process", "thread"], default="process",
                         help="run the client threads in a second process (default) or in the server's process")
+    parser.add_argument("--client-cpus", type=str, default=None,
+                        help="cores for the load-generating process, e.g. 2-5 (with taskset -c 0,1 on the whole run: "
+                             "a server on 2 cores whose clients do not take its CPU, as remote clients would not)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the bundle and the embedded store here and reuse them on the next run (A/B runs "
                              "of settings such as HARK_ORT_THREADS without re-exporting)")
     args = parser.parse_args()
     seconds = args.seconds or (8 if args.quick else 30)
+    client_cpus = frozenset(_cpu_list(args.client_cpus)) if args.client_cpus else None
+    if client_cpus and args.clients != "process":
+        parser.error("--client-cpus needs --clients process")
 
     import uvicorn
     from qdrant_client import QdrantClient
 
     from hark.bundle import Bundle
+    from hark.onnx import usable_cpus
     from hark.plugin.serve import create_app
     from hark.settings import Settings
 
@@ -222,7 +252,7 @@ def main() -> None:
         def run_load(clients: int, span: float):
             if generator is None:
                 return load(url, clients, span, args.candidates)
-            return generator.submit(load, url, clients, span, args.candidates).result()
+            return generator.submit(load, url, clients, span, args.candidates, client_cpus).result()
 
         cache = getattr(client, "row_cache", None)
 
@@ -256,9 +286,10 @@ def main() -> None:
           f"clients in {'a second process' if args.clients == 'process' else 'the server process'}, "
           f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max or 'by device'}, "
           f"ONNX Runtime intra-op "
-          f"threads {settings.ort_threads or 'all cores'}, row cache "
+          f"threads {settings.ort_threads or usable_cpus()}, row cache "
           f"{f'{cache.max_bytes / 2**20:.0f} MiB' if cache is not None and cache.enabled else 'off'}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}; server on {usable_cpus()} of {os.cpu_count()} cores ({_cpu_model()})"
+          + (f", clients on cores {sorted(client_cpus)}" if client_cpus else ""))
     print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} {'cache hits':>10} "
           f"{'CPU ms/req server, client':>26} | median ms per stage")
     for clients, r in rows.items():
@@ -271,6 +302,8 @@ def main() -> None:
     print(f"encoder calls during the load: {calls}")
     base = rows.get(1, {}).get("rps")
     print(json.dumps({"ort_threads": settings.ort_threads, "load_average": round(os.getloadavg()[0], 1),
+                      "server_cores": usable_cpus(), "cpu_model": _cpu_model(),
+                      "client_cores": sorted(client_cpus) if client_cpus else None,
                       "clients": args.clients,
                       "rps": {str(c): r["rps"] for c, r in rows.items()},
                       "p50_ms": {str(c): r["p50_ms"] for c, r in rows.items()},

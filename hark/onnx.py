@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -25,13 +27,50 @@ def _options(quiet: bool = False):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # 4 = fatal only: the probing session must not print the missing-CUDA error.
     opts.log_severity_level = 4 if quiet else 3
-    threads = _ort_threads()
+    threads = _ort_threads() or usable_cpus(default=0)
     if threads > 0:
         opts.intra_op_num_threads = threads
     # Idle worker threads spin by default, burning the cores the other stages (and other processes) need:
     # measured on 2 cores, query p50 361-443 ms with spinning against 122-188 ms without.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def usable_cpus(default: int | None = None, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on: its CPU affinity, bounded by a cgroup CPU quota (a container's `--cpus`,
+    a pod's CPU limit). `default` (when given) is returned instead where nothing restricts the process.
+
+    ONNX Runtime sizes its default pool from the machine's cores and ignores both: pinned to 2 of 16 cores, a
+    session ran 15 worker threads on those 2.
+    """
+    total = os.cpu_count() or 1
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        allowed = total
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        allowed = min(allowed, max(1, math.ceil(quota)))
+    if default is not None and allowed >= total:
+        return default
+    return max(1, allowed)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs granted by the cgroup's quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None without one."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        if quota.strip() != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 @functools.cache

@@ -169,7 +169,7 @@ ZERO_MEANS = {"qdrant_url": "embedded Qdrant at HARK_QDRANT_PATH", "broker_url":
               "bundle": "the version live for the collection, else the newest registered",
               "window_seconds": "the bundle's window, segments x max segments", "shards": "server default",
               "replication": "server default", "reindex_interval": "schedule off",
-              "media_roots": "the folders audio was ingested from", "ort_threads": "all cores",
+              "media_roots": "the folders audio was ingested from", "ort_threads": "the cores this process may use",
               "max_spool_mb": "no limit"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hark import onnx as hark_onnx
@@ -28,3 +30,48 @@ def test_explicit_devices(bundle_dir):
         hark_onnx._resolved.pop("cuda", None)
         with pytest.raises(RuntimeError, match="cannot use CUDA"):
             hark_onnx.create_session(bundle_dir / "clip.onnx", "cuda")
+
+
+def test_usable_cpus_follows_affinity_and_cgroup_quota(tmp_path, monkeypatch):
+    total = os.cpu_count() or 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(total)), raising=False)
+    assert hark_onnx.usable_cpus(default=0, cgroup=tmp_path) == 0  # nothing restricts: ONNX Runtime's own choice
+    assert hark_onnx.usable_cpus(cgroup=tmp_path) == total
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert hark_onnx.usable_cpus(default=0, cgroup=tmp_path) == 0
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core: one thread
+    assert hark_onnx.usable_cpus(default=0, cgroup=tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert hark_onnx.usable_cpus(default=0, cgroup=tmp_path) == 0
+    if total > 1:
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+        assert hark_onnx.usable_cpus(default=0, cgroup=tmp_path) == 1
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+        assert hark_onnx.usable_cpus(default=0, cgroup=tmp_path) == 1
+
+
+def test_sessions_run_no_more_threads_than_the_process_may_use(bundle_dir):
+    """Pinned to one core (taskset, as a container's cpuset does), a session must not start a pool for all cores."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs taskset and two cores")
+    code = (
+        "import os, numpy as np, onnxruntime\n"  # the import itself starts a thread
+        "from hark import onnx as o\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        f"s = o.create_session({str(bundle_dir / 'clip.onnx')!r}, 'cpu')\n"
+        "feeds = {i.name: np.ones([d if isinstance(d, int) else 2 for d in i.shape], np.float32)"
+        " for i in s.get_inputs()}\n"
+        "s.run(None, feeds)\n"
+        "print(len(os.listdir('/proc/self/task')) - before)\n")
+    env = {k: v for k, v in os.environ.items() if k != "HARK_ORT_THREADS"}
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, timeout=120)
+    assert int(out.stdout.split()[-1]) == 0, out.stdout + out.stderr
