@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("--client-cpus", type=str, default=None,
                         help="cores for the load-generating process, e.g. 2-5 (with taskset -c 0,1 on the whole run: "
                              "a server on 2 cores whose clients do not take its CPU, as remote clients would not)")
+    parser.add_argument("--encoder-threads", type=int, default=None,
+                        help="the micro-batcher's encoder threads (default: plugin.serve.batcher.ENCODER_THREADS)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the bundle and the embedded store here and reuse them on the next run (A/B runs "
                              "of settings such as HARK_ORT_THREADS without re-exporting)")
@@ -233,6 +235,9 @@ def main() -> None:
                if k in {"HARK_QUERY_BATCH_WAIT_MS", "HARK_QUERY_BATCH_MAX", "HARK_ORT_THREADS",
                         "HARK_ROW_CACHE_MB"}}})
         app = create_app(settings, bundle, client=client)
+        batcher = app.state.service.batcher
+        if args.encoder_threads:
+            batcher.threads = args.encoder_threads
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -262,9 +267,10 @@ def main() -> None:
         run_load(1, args.warmup)  # warm-up: the client process's imports, the page cache and the row cache
         rows = {}
         for clients in args.concurrency:
-            before, server_cpu = cache_counts(), _cpu_s()
+            before, server_cpu, calls = cache_counts(), _cpu_s(), (batcher.calls, batcher.texts)
             rps, lat, stages, client_cpu = run_load(clients, seconds)
             server_cpu = _cpu_s() - server_cpu
+            calls = (batcher.calls - calls[0], batcher.texts - calls[1])
             hits, misses = (a - b for a, b in zip(cache_counts(), before, strict=True))
             rows[clients] = {"rps": round(rps, 2), "p50_ms": round(statistics.median(lat), 1),
                              "p95_ms": round(float(np.percentile(lat, 95)), 1), "requests": len(lat),
@@ -273,8 +279,9 @@ def main() -> None:
                              # the load generator's (same process as the server with --clients thread)
                              "server_cpu_ms": round(1000 * server_cpu / max(1, len(lat)), 1),
                              "client_cpu_ms": round(1000 * client_cpu / max(1, len(lat)), 1),
+                             "mean_batch": round(calls[1] / calls[0], 2) if calls[0] else None,
                              "stages": stages}
-        calls = app.state.service.batcher.calls
+        calls = batcher.calls
         if generator is not None:
             generator.shutdown()
         server.should_exit = True
@@ -285,18 +292,20 @@ def main() -> None:
           f"encoder ({'2 layers, quick' if args.quick else '24 layers'}), {seconds:.0f} s per concurrency, "
           f"clients in {'a second process' if args.clients == 'process' else 'the server process'}, "
           f"batch wait {settings.query_batch_wait_ms} ms, cap {settings.query_batch_max or 'by device'}, "
+          f"{batcher.threads} encoder threads, "
           f"ONNX Runtime intra-op "
           f"threads {settings.ort_threads or usable_cpus()}, row cache "
           f"{f'{cache.max_bytes / 2**20:.0f} MiB' if cache is not None and cache.enabled else 'off'}, "
           f"load average {os.getloadavg()[0]:.1f}; server on {usable_cpus()} of {os.cpu_count()} cores ({_cpu_model()})"
           + (f", clients on cores {sorted(client_cpus)}" if client_cpus else ""))
-    print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} {'cache hits':>10} "
+    print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9} {'batch':>6} {'cache hits':>10} "
           f"{'CPU ms/req server, client':>26} | median ms per stage")
     for clients, r in rows.items():
         parts = " ".join(f"{k} {v}" for k, v in r["stages"].items())
         hit = "-" if r["row_cache_hit_rate"] is None else f"{r['row_cache_hit_rate']:.3f}"
         cpu = f"{r['server_cpu_ms']}, {r['client_cpu_ms']}"
-        print(f"{clients:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['requests']:>9} {hit:>10} "
+        print(f"{clients:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['requests']:>9} "
+              f"{r['mean_batch'] or '-':>6} {hit:>10} "
               f"{cpu:>26} | {parts}")
     print("text encoder ms per query by batch size: " + ", ".join(f"{b}: {ms}" for b, ms in curve.items()))
     print(f"encoder calls during the load: {calls}")
@@ -309,6 +318,8 @@ def main() -> None:
                       "p50_ms": {str(c): r["p50_ms"] for c, r in rows.items()},
                       "p95_ms": {str(c): r["p95_ms"] for c, r in rows.items()},
                       "row_cache_hit_rate": {str(c): r["row_cache_hit_rate"] for c, r in rows.items()},
+                      "mean_batch": {str(c): r["mean_batch"] for c, r in rows.items()},
+                      "encoder_threads": batcher.threads,
                       "cpu_ms_per_request": {str(c): [r["server_cpu_ms"], r["client_cpu_ms"]] for c, r in rows.items()},
                       "store": args.store, "speedup_4": round(rows[4]["rps"] / base, 2) if base and 4 in rows else None,
                       "encoder_ms_per_query": {str(b): v for b, v in curve.items()}}))

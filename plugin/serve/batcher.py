@@ -50,6 +50,7 @@ class TextBatcher:
         self._active = 0  # queries inside the query path now: more than the batch holds means more may come
         self._active_lock = threading.Lock()
         self.calls = 0  # encoder calls made (tests and metrics read it)
+        self.texts = 0  # texts those calls encoded: texts / calls is the mean batch
 
     # -- the query path ------------------------------------------------------------------------------
     def enter(self) -> None:
@@ -145,4 +146,5 @@ class TextBatcher:
         sentence, tokens = encoder.session.run(None, {"input_ids": ids, "attention_mask": mask})
         with self._active_lock:
             self.calls += 1
+            self.texts += len(texts)
         return TextBatch(np.asarray(sentence, dtype=np.float32), np.asarray(tokens, dtype=np.float32), mask), tokenize
