@@ -287,6 +287,28 @@ def test_the_player_starts_at_the_moment_the_search_found(stack, browser):
         client.upsert(physical, [models.PointStruct(id=pid, vector=original, payload=record.payload)], wait=True)
 
 
+def test_more_results_pages_through_the_collection(stack, browser):
+    """The page showed the first `top` hits and no way past them."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(_url(stack["url"], "a dog barks"))
+        _wait_for_hits(page, 10)
+        first = page.locator(".hit .title").all_inner_texts()
+        assert page.is_visible("#more")
+        page.click("#more")
+        page.wait_for_function("document.body.dataset.results === '20'")
+        page.click("#more")
+        page.wait_for_function(f"document.body.dataset.results === '{N_POINTS}'")
+        titles = page.locator(".hit .title").all_inner_texts()
+        assert titles[:10] == first and len(titles) == N_POINTS
+        ids = page.evaluate("[...document.querySelectorAll('.hit')].map(h => h.dataset.id)")
+        assert len(set(ids)) == N_POINTS  # every point once
+        assert not page.is_visible("#more")  # a short page was the last
+        assert f"{N_POINTS} hits" in page.inner_text("#status")
+    finally:
+        page.close()
+
+
 def test_empty_and_error_states(stack, browser):
     page = browser.new_page()
     try:

@@ -585,6 +585,22 @@ def test_search_route_reports_its_own_timings_and_metrics(http):
     assert 'hark_query_stage_seconds_count{stage="rerank"}' in metrics and "hark_requests_total" in metrics
 
 
+def test_search_route_pages_with_offset(http):
+    """/search (the page's API) had no offset: a client could never see past its first page."""
+    one = http.post("/search", json={"text": "a dog barks", "limit": 12}).json()
+    assert one["next_offset"] == 12
+    first = http.post("/search", json={"text": "a dog barks", "limit": 5}).json()
+    second = http.post("/search", json={"text": "a dog barks", "limit": 7, "offset": first["next_offset"]}).json()
+    assert [h["id"] for h in first["hits"] + second["hits"]] == [h["id"] for h in one["hits"]]
+    assert second["next_offset"] == 12
+    last = http.post("/search", json={"text": "a dog barks", "limit": 100, "offset": 290}).json()
+    assert len(last["hits"]) == 10 and last["next_offset"] is None  # 300 points: a short page is the last
+    for bad in ({"limit": 100, "offset": 4950}, {"offset": -1}, {"offset": "x"}, {"offset": 5000}):
+        response = http.post("/search", json={"text": "a dog barks", **bad})
+        assert 400 <= response.status_code < 500, (bad, response.status_code)
+        assert "offset" in response.text
+
+
 def test_batch_mixing_hark_and_plain_queries_with_a_server_upstream(stack, tmp_path):
     """The plain queries go to the server as one batch of their own; the answers come back in request order."""
     import httpx

@@ -26,6 +26,8 @@ PAGE = Path(__file__).resolve().parent.parent / "page.html"
 class SearchRequest(BaseModel):
     text: str = Field(..., description="what the recordings should sound like", examples=["a dog barks"])
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="number of hits")
+    offset: int = Field(0, ge=0, lt=MAX_CANDIDATES,
+                        description=f"hits to skip, for the next page (limit + offset at most {MAX_CANDIDATES})")
     filter: dict[str, Any] | None = Field(None, description="Qdrant filter on the payload (e.g. meta.* fields)")
     collection: str | None = Field(None, description="collection or alias; default HARK_COLLECTION")
     candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="prefilter size K")
@@ -52,6 +54,8 @@ class HitModel(BaseModel):
 class SearchResponse(BaseModel):
     hits: list[HitModel]
     timings_ms: dict[str, float]
+    # The offset of the next page; null after the last hit (a short page) or at the deepest page served.
+    next_offset: int | None = None
 
 
 def _hit_out(hit: dict[str, Any]) -> dict[str, Any]:
@@ -68,16 +72,23 @@ def router(service: Service) -> APIRouter:
     @api.post("/search", response_model=SearchResponse, tags=["search"])
     async def search(body: SearchRequest):
         collection = body.collection or service.settings.collection
+        if body.limit + body.offset > MAX_CANDIDATES:
+            raise ApiError(400, f"limit + offset must be at most {MAX_CANDIDATES} (the deepest page served)")
 
         def run():
             if not service.collection_exists(collection):
                 raise ApiError(404, f"collection '{collection}' not found")
-            return service.run_search([body.text], limit=body.limit, filter=body.filter, candidates=body.candidates,
+            return service.run_search([body.text], limit=body.limit, offset=body.offset, filter=body.filter,
+                                      candidates=body.candidates,
                                       rerank=body.rerank, group_by_source=body.group_by_source,
                                       collection=collection)
 
         result = await run_in_threadpool(run)
-        return {"hits": [_hit_out(h.to_dict()) for h in result.hits[0]], "timings_ms": result.times.as_ms()}
+        hits = result.hits[0]
+        end = body.offset + len(hits)
+        more = len(hits) == body.limit and end < MAX_CANDIDATES
+        return {"hits": [_hit_out(h.to_dict()) for h in hits], "timings_ms": result.times.as_ms(),
+                "next_offset": end if more else None}
 
     @api.get("/ui", response_class=HTMLResponse, tags=["page"], summary="search page")
     def ui() -> HTMLResponse:
