@@ -293,6 +293,55 @@ def test_second_name_is_a_duplicate_of_the_first_and_recorded(fast_bundle, tmp_p
         assert p.payload["windows"] == 2 and p.payload["duration"] == pytest.approx(40.0)
 
 
+def test_names_recorded_at_the_same_moment_are_all_kept(fast_bundle, tmp_path, monkeypatch):
+    """Two duplicates of stored content, each read before the other wrote: the second list written replaced the
+    first, and one name was lost."""
+    from hark.workers.ingest import Ingestor, names_of
+
+    first = clip(tmp_path / "first.wav", 12.0, 8)
+    settings = settings_for(tmp_path)
+    ingest(settings, [first], fast_bundle)
+    copies = []
+    for name in ("second.wav", "third.wav"):
+        copies.append(tmp_path / name)
+        copies[-1].write_bytes(first.read_bytes())
+    real = Ingestor._stored
+    seen: dict = {}
+
+    def stale(client, physical, digest):  # every caller gets the payload as it was before either wrote
+        if digest not in seen:
+            seen[digest] = real(client, physical, digest)
+        return seen[digest]
+
+    monkeypatch.setattr(Ingestor, "_stored", staticmethod(stale))
+    status = ingest(settings, copies, fast_bundle)
+    assert status["duplicate"] == 2
+    monkeypatch.setattr(Ingestor, "_stored", staticmethod(real))
+    for p in points(settings):
+        assert names_of(p.payload) == [str(first), *map(str, copies)]
+        assert p.payload["sources"] == [str(first), *map(str, copies)]
+
+
+def test_same_bytes_written_twice_at_once_keep_both_names(fast_bundle, tmp_path, monkeypatch):
+    """Two workers that both found the content absent write it twice: the later upserts replaced the earlier
+    writer's payload, and its name was gone although both files reported "ingested"."""
+    from hark.workers.ingest import Ingestor, names_of
+
+    first = clip(tmp_path / "a.wav", 40.0, 9)
+    other = tmp_path / "b.wav"
+    other.write_bytes(first.read_bytes())
+    settings = settings_for(tmp_path)
+    assert ingest(settings, [first], fast_bundle)["ingested"] == 1
+    # The second worker checked before the first had finished: it saw nothing stored.
+    monkeypatch.setattr(Ingestor, "_stored", staticmethod(lambda client, physical, digest: None))
+    assert ingest(settings, [other], fast_bundle)["ingested"] == 1
+    stored = points(settings)
+    assert len(stored) == 2
+    for p in stored:
+        assert sorted(names_of(p.payload)) == sorted([str(first), str(other)])
+        assert sorted(p.payload["sources"]) == sorted([str(first), str(other)])
+
+
 # -- files whose ingestion never finished ---------------------------------------------------------------------
 
 def test_windows_left_by_a_dead_ingestion_are_removed_by_the_next_embedded_job(fast_bundle, tmp_path, monkeypatch):

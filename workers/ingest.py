@@ -81,6 +81,24 @@ def collect_files(paths: Iterable[str | os.PathLike], recursive: bool = False) -
     return expand(paths, recursive=recursive, suffixes=AUDIO_SUFFIXES)
 
 
+# Every name a content was seen under, as {name_key(name): name}: each name is its own key, written with a nested
+# set_payload that merges keys, so two workers recording two names at once both keep theirs. `sources` (a list,
+# rewritten from a read) is kept for readers, and can miss a name that raced; `names_of` reads both.
+NAMES_FIELD = "source_names"
+
+
+def name_key(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def names_of(payload: dict[str, Any]) -> list[str]:
+    """Every name of a stored file: the first, `sources`, then `source_names` (first-seen order, no repeats)."""
+    extra = payload.get(NAMES_FIELD)
+    names = [payload.get("source_uri"), *(payload.get("sources") or []),
+             *(extra.values() if isinstance(extra, dict) else ())]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -188,15 +206,13 @@ class Ingestor:
             if job_id and payload.get("job") == job_id and first == path:
                 # This job stored it before being killed or retried (outcome not recorded yet): not a duplicate.
                 return FileOutcome(path, "ingested", points=count)
-            names = list(payload.get("sources") or [first])
-            if path not in names:
-                client.set_payload(physical, {"sources": [*names, path]},
-                                   points=[point_id(digest, i) for i in range(count)], wait=True)
+            if path not in names_of(payload):
+                self._add_name(client, physical, [point_id(digest, i) for i in range(count)], path)
             reason = "" if path == first else f"duplicate of {first}"
             return FileOutcome(path, "duplicate", reason, points=count, first_source=first)
         sr = self.bundle.sample_rate
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        base = {"source_uri": path, "sources": [path], "file_name": display_name(path), "content_hash": digest,
+        base = {"source_uri": path, "file_name": display_name(path), "content_hash": digest,
                 "model_version": self.bundle.version, "ingested_at": now, "job": job_id, "meta": item.meta}
         written: list[str] = []
         pending: list[tuple[int, np.ndarray]] = []
@@ -206,6 +222,13 @@ class Ingestor:
             from qdrant_client import models
 
             vectors = self.encoder.encode_windows([w for _, w in pending])
+            ids = [point_id(digest, offset // self.window_samples) for offset, _ in pending]
+            # An upsert replaces a point's payload: names that another worker, writing the same bytes under
+            # another name at the same time, has already recorded on these points are carried over.
+            names = {name_key(n): n for r in client.retrieve(physical, ids=ids, with_vectors=False,
+                                                              with_payload=["source_uri", "sources", NAMES_FIELD])
+                     for n in names_of(r.payload or {})}
+            names[name_key(path)] = path
             points = []
             for (offset, piece), vec in zip(pending, vectors, strict=True):
                 index = offset // self.window_samples
@@ -214,7 +237,8 @@ class Ingestor:
                     vector["tokens"] = vec.rows.tolist()
                 if vec.moments is not None:
                     vector["moments"] = vec.moments.tolist()
-                payload = {**base, "window_index": index, "window_offset": round(offset / sr, 3),
+                payload = {**base, "sources": list(dict.fromkeys([path, *names.values()])), NAMES_FIELD: names,
+                           "window_index": index, "window_offset": round(offset / sr, 3),
                            "window_duration": round(len(piece) / sr, 3)}
                 points.append(models.PointStruct(id=point_id(digest, index), vector=vector, payload=payload))
             client.upsert(physical, points=points, wait=True)
@@ -244,7 +268,20 @@ class Ingestor:
         # Written last: a file with `windows` on its points is complete (see `_stored`).
         client.set_payload(physical, {"windows": len(written), "duration": round(samples / sr, 3)},
                            points=written, wait=True)
+        # Another worker writing the same bytes under another name at the same time replaces these points'
+        # payloads (an upsert): merging this name in again keeps it unless that worker's upserts come later still.
+        client.set_payload(physical, {name_key(path): path}, points=written, key=NAMES_FIELD, wait=True)
         return FileOutcome(path, "ingested", points=len(written))
+
+    @staticmethod
+    def _add_name(client, physical: str, ids: list[str], path: str) -> None:
+        """Record another name of stored content: its own key in `source_names` (never lost to a concurrent
+        writer), then `sources` rebuilt from what the store holds after that write."""
+        client.set_payload(physical, {name_key(path): path}, points=ids, key=NAMES_FIELD, wait=True)
+        first = client.retrieve(physical, ids=ids[:1], with_payload=["source_uri", "sources", NAMES_FIELD],
+                                with_vectors=False)
+        names = names_of(first[0].payload or {}) if first else [path]
+        client.set_payload(physical, {"sources": names}, points=ids, wait=True)
 
     @staticmethod
     def _discard(client, physical: str, ids: list[str]) -> None:
@@ -276,7 +313,8 @@ class Ingestor:
     def _stored(client, physical: str, digest: str) -> tuple[int, dict[str, Any]] | None:
         """(windows, payload of the first window) when every window of this content is stored, else None."""
         first = client.retrieve(physical, ids=[point_id(digest, 0)],
-                                with_payload=["windows", "source_uri", "sources", "job"], with_vectors=False)
+                                with_payload=["windows", "source_uri", "sources", NAMES_FIELD, "job"],
+                                with_vectors=False)
         if not first or not (first[0].payload or {}).get("windows"):
             return None
         count = int(first[0].payload["windows"])

@@ -29,7 +29,7 @@ from hark.store import (
     version_of,
 )
 
-from .ingest import Item, ingestor_for, stream_windows, sweep_all_incomplete
+from .ingest import NAMES_FIELD, Item, ingestor_for, names_of, stream_windows, sweep_all_incomplete
 from .jobs import JobStore, job_store
 from .submit import submit_job, wait_for
 
@@ -58,11 +58,11 @@ def _sources(client, physical: str) -> tuple[list[Item], dict[str, list[str]]]:
     """Each source file once (with its metadata) and the point ids stored per source."""
     items: dict[str, Item] = {}
     ids: dict[str, list[str]] = {}
-    for pid, payload in scroll_payloads(client, physical, ["source_uri", "sources", "meta"]):
+    for pid, payload in scroll_payloads(client, physical, ["source_uri", "sources", NAMES_FIELD, "meta"]):
         uri = payload.get("source_uri")
         if uri:
             # The first name first, then the others it was seen under (they re-ingest as duplicates).
-            for name in [uri, *(payload.get("sources") or [])]:
+            for name in names_of(payload):
                 items.setdefault(name, Item(name, payload.get("meta") or {}))
             ids.setdefault(uri, []).append(str(pid))
     return list(items.values()), ids
@@ -95,10 +95,9 @@ def start(settings: Settings, client, store: JobStore, collection: str, bundle_r
 def _stored_names(client, physical: str) -> set[str]:
     """Every name (first and other) of the files stored complete in `physical` (their points carry `windows`)."""
     names: set[str] = set()
-    for _, payload in scroll_payloads(client, physical, ["source_uri", "sources", "windows"]):
+    for _, payload in scroll_payloads(client, physical, ["source_uri", "sources", NAMES_FIELD, "windows"]):
         if payload.get("windows") and payload.get("source_uri"):
-            names.add(payload["source_uri"])
-            names.update(payload.get("sources") or [])
+            names.update(names_of(payload))
     return names
 
 
