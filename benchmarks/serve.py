@@ -89,17 +89,18 @@ def fill(client, bundle, n: int, collection: str, rng: np.random.Generator) -> N
 
 
 def encoder_curve(bundle, sizes: list[int], repeats: int) -> dict[int, float]:
-    """Milliseconds of text-encoder time per query at each batch size (int8, CPU)."""
+    """Milliseconds of text-encoder time per query at each batch size (int8, CPU), for texts of 4-11 words like the
+    load's: a batch is padded to its longest text, so texts of one length would overstate what merging saves."""
     from hark.plugin.encoders import TextEncoder
 
     encoder = TextEncoder(bundle, "cpu", "int8")
     rng = np.random.default_rng(1)
     out = {}
+    encoder.encode([" ".join(WORDS[:11])] * max(sizes))  # warm-up: the longest shape
     for size in sizes:
-        texts = [" ".join(rng.choice(WORDS, size=8)) for _ in range(size)]
-        encoder.encode(texts)  # warm-up
         runs = []
-        for _ in range(repeats):
+        for _ in range(max(repeats, 16 // size)):  # fresh texts each call: lone calls vary with their length
+            texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 12)))) for _ in range(size)]
             start = time.perf_counter()
             encoder.encode(texts)
             runs.append(time.perf_counter() - start)
