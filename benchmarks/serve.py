@@ -268,10 +268,10 @@ def main() -> None:
         run_load(1, args.warmup)  # warm-up: the client process's imports, the page cache and the row cache
         rows = {}
         for clients in args.concurrency:
-            before, server_cpu, calls = cache_counts(), _cpu_s(), (batcher.calls, batcher.texts)
+            before, server_cpu, encoded = cache_counts(), _cpu_s(), (batcher.calls, batcher.texts)
             rps, lat, stages, client_cpu = run_load(clients, seconds)
             server_cpu = _cpu_s() - server_cpu
-            calls = (batcher.calls - calls[0], batcher.texts - calls[1])
+            encoded = (batcher.calls - encoded[0], batcher.texts - encoded[1])
             hits, misses = (a - b for a, b in zip(cache_counts(), before, strict=True))
             rows[clients] = {"rps": round(rps, 2), "p50_ms": round(statistics.median(lat), 1),
                              "p95_ms": round(float(np.percentile(lat, 95)), 1), "requests": len(lat),
@@ -280,7 +280,7 @@ def main() -> None:
                              # the load generator's (same process as the server with --clients thread)
                              "server_cpu_ms": round(1000 * server_cpu / max(1, len(lat)), 1),
                              "client_cpu_ms": round(1000 * client_cpu / max(1, len(lat)), 1),
-                             "mean_batch": round(calls[1] / calls[0], 2) if calls[0] else None,
+                             "mean_batch": round(encoded[1] / encoded[0], 2) if encoded[0] else None,
                              "stages": stages}
         calls = batcher.calls
         if generator is not None:

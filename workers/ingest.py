@@ -229,18 +229,18 @@ class Ingestor:
                                                               with_payload=["source_uri", "sources", NAMES_FIELD])
                      for n in names_of(r.payload or {})}
             names[name_key(path)] = path
+            listed = list(dict.fromkeys([path, *names.values()]))
             points = []
-            for (offset, piece), vec in zip(pending, vectors, strict=True):
-                index = offset // self.window_samples
+            for (offset, piece), vec, pid in zip(pending, vectors, ids, strict=True):
                 vector: dict[str, Any] = {"global": vec.global_.tolist()}
                 if self.bundle.has_rerank:
                     vector["tokens"] = vec.rows.tolist()
                 if vec.moments is not None:
                     vector["moments"] = vec.moments.tolist()
-                payload = {**base, "sources": list(dict.fromkeys([path, *names.values()])), NAMES_FIELD: names,
-                           "window_index": index, "window_offset": round(offset / sr, 3),
+                payload = {**base, "sources": listed, NAMES_FIELD: names,
+                           "window_index": offset // self.window_samples, "window_offset": round(offset / sr, 3),
                            "window_duration": round(len(piece) / sr, 3)}
-                points.append(models.PointStruct(id=point_id(digest, index), vector=vector, payload=payload))
+                points.append(models.PointStruct(id=pid, vector=vector, payload=payload))
             client.upsert(physical, points=points, wait=True)
             written.extend(str(p.id) for p in points)
             pending.clear()

@@ -72,8 +72,6 @@ def router(service: Service) -> APIRouter:
     @api.post("/search", response_model=SearchResponse, tags=["search"])
     async def search(body: SearchRequest):
         collection = body.collection or service.settings.collection
-        if body.limit + body.offset > MAX_CANDIDATES:
-            raise ApiError(400, f"limit + offset must be at most {MAX_CANDIDATES} (the deepest page served)")
 
         def run():
             if not service.collection_exists(collection):
