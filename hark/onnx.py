@@ -36,9 +36,11 @@ def _options(quiet: bool = False):
     return opts
 
 
-def usable_cpus(default: int | None = None, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+def usable_cpus(default: int | None = None, cgroup: Path = Path("/sys/fs/cgroup"),
+                membership: Path = Path("/proc/self/cgroup")) -> int:
     """The cores this process may run on: its CPU affinity, bounded by a cgroup CPU quota (a container's `--cpus`,
-    a pod's CPU limit). `default` (when given) is returned instead where nothing restricts the process.
+    a pod's CPU limit, a systemd unit's `CPUQuota=`). `default` (when given) is returned instead where nothing
+    restricts the process.
 
     ONNX Runtime sizes its default pool from the machine's cores and ignores both: pinned to 2 of 16 cores, a
     session ran 15 worker threads on those 2.
@@ -48,7 +50,7 @@ def usable_cpus(default: int | None = None, cgroup: Path = Path("/sys/fs/cgroup"
         allowed = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         allowed = total
-    quota = _cgroup_quota(cgroup)
+    quota = _cgroup_quota(cgroup, membership)
     if quota is not None:
         allowed = min(allowed, max(1, math.ceil(quota)))
     if default is not None and allowed >= total:
@@ -56,18 +58,59 @@ def usable_cpus(default: int | None = None, cgroup: Path = Path("/sys/fs/cgroup"
     return max(1, allowed)
 
 
-def _cgroup_quota(root: Path) -> float | None:
-    """CPUs granted by the cgroup's quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None without one."""
+def _cgroup_quota(root: Path, membership: Path) -> float | None:
+    """CPUs granted by the tightest quota on the process's cgroup and its ancestors (v2 `cpu.max`, else v1
+    `cpu.cfs_quota_us`); None without one.
+
+    A container with its own cgroup namespace sees its cgroup as the root; a process in a nested cgroup without
+    one (a systemd unit, a job inside a pod) finds its own in /proc/self/cgroup, and every level above it may cap it.
+    """
+    v2, v1 = _cgroup_paths(membership)
+    found = [q for q in (_v2_quota(d) for d in _levels(root, v2)) if q is not None]
+    if not found:
+        base = next((root / name for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / name).is_dir()), None)
+        if base is not None:
+            found = [q for q in (_v1_quota(d) for d in _levels(base, v1)) if q is not None]
+    return min(found) if found else None
+
+
+def _cgroup_paths(membership: Path) -> tuple[str, str]:
+    """The process's cgroup v2 path and v1 cpu-controller path ("/" where unknown)."""
+    v2 = v1 = "/"
     try:
-        quota, _, period = (root / "cpu.max").read_text().partition(" ")
-        if quota.strip() != "max":
-            return int(quota) / int(period)
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            v2 = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1 = path or "/"
+    return v2, v1
+
+
+def _levels(root: Path, path: str) -> list[Path]:
+    """`root`/`path` and each ancestor up to `root`, where they exist. A path the mount does not hold (a container
+    that shows the host's path but mounts only its own cgroup) leaves `root` alone."""
+    parts = [p for p in path.split("/") if p and p not in {".", ".."}]
+    levels = [root.joinpath(*parts[:n]) for n in range(len(parts), 0, -1)]
+    return [d for d in levels if d.is_dir()] + [root]
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, _, period = (folder / "cpu.max").read_text().partition(" ")
+        return None if quota.strip() == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
         return None
-    except (OSError, ValueError):
-        pass
+
+
+def _v1_quota(folder: Path) -> float | None:
     try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+        period_us = int((folder / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
