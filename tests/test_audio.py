@@ -3,7 +3,10 @@ kind of broken input raises AudioDecodeError with a reason that says what is wro
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +221,8 @@ def test_a_sample_rate_below_audio_is_a_broken_header(tmp_path, rate):
     path = tmp_path / f"rate{rate}.wav"
     sf.write(path, _tone(20000), rate)
     _expect_error(path, f"sample rate {rate} Hz is below 1000 Hz")
+    with pytest.raises(AudioDecodeError, match="below 1000 Hz"):  # the header's duration (hours) is no answer
+        audio_duration(path)
 
 
 def test_telephone_rate_still_decodes(tmp_path):
@@ -251,3 +256,189 @@ def test_audio_module_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# Broken and unusual files found by an adversarial probe (each failed before the fix next to it in hark/audio.py)
+
+
+def _decode_in_thread(path, seconds: float = 20.0):
+    """decode_audio in a daemon thread: a hang fails the test instead of blocking the suite."""
+    import threading
+
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(decode_audio(path))
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"decode_audio({path}) still running after {seconds} s"
+    return outcome[0]
+
+
+def test_named_pipes_and_devices_are_refused_at_once(tmp_path):
+    fifo = tmp_path / "stream.wav"
+    os.mkfifo(fifo)  # no writer: opening it for reading would block forever
+    error = _decode_in_thread(fifo)
+    assert isinstance(error, AudioDecodeError) and "named pipe" in error.reason
+    endless = tmp_path / "endless.mp3"
+    endless.symlink_to("/dev/zero")  # FFmpeg's MP3 probe read it forever
+    error = _decode_in_thread(endless)
+    assert isinstance(error, AudioDecodeError) and "device" in error.reason
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(loop)
+    _expect_error(loop, "symbolic links")
+
+
+def test_a_relative_name_that_looks_like_a_url_is_that_file(tmp_path, monkeypatch):
+    """FFmpeg read "file:y.m4a" as a protocol URL (so it decoded y.m4a) and "http:x.m4a" as a web address."""
+    monkeypatch.chdir(tmp_path)
+    _write_pyav(tmp_path / "y.m4a", "mp4", "aac", 16000, 1)
+    short = _tone(16000, 0.25)
+    with_prefix = tmp_path / "file:y.m4a"
+    _write_pyav(with_prefix, "mp4", "aac", 44100, 1)
+    (tmp_path / "http:x.m4a").write_bytes(with_prefix.read_bytes())
+    for name in ("file:y.m4a", "http:x.m4a"):
+        audio = decode_audio(name)
+        assert abs(len(audio) / SAMPLE_RATE - 1.0) < 0.1 and len(audio) > 2 * len(short), name
+        assert abs(_peak_hz(audio) - TONE_HZ) < 20
+
+
+@pytest.mark.parametrize("amplitude", [1e6, 1e37])
+def test_float_samples_far_beyond_full_scale_are_corrupt(tmp_path, amplitude):
+    """1e37 overflowed the resampler to NaN; 1e6 came out as 1e6 (integers stored as floats, or garbage)."""
+    path = tmp_path / "loud.wav"
+    sf.write(path, (_tone(44100) / AMPLITUDE * amplitude).astype(np.float32), 44100, subtype="FLOAT")
+    _expect_error(path, "times full scale")
+    sf.write(path, _tone(44100) * 2.5, 44100, subtype="FLOAT")  # a little headroom is still audio
+    assert abs(float(np.abs(decode_audio(path)).max()) - 2.5 * AMPLITUDE) < 0.05
+
+
+def test_random_bytes_behind_mpeg_frame_headers_are_not_audio(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = [b"\xff\xfb\x90\x64" + rng.integers(0, 256, 413, dtype=np.uint8).tobytes() for _ in range(200)]
+    path = tmp_path / "noise.mp3"
+    path.write_bytes(b"".join(frames))
+    _expect_error(path, "times full scale")
+
+
+def _cut(path: Path, fraction: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("kind", ["wav-95", "aiff", "rf64", "w64", "ima-adpcm", "wav-late-data"])
+def test_cut_files_whose_header_states_the_length_are_truncated(tmp_path, kind):
+    """libsndfile derives these formats' length from the file size; the header's own length catches the cut (a WAV
+    cut by 5 % passed the 10 % tolerance meant for lossy codecs; AIFF, RF64, W64, ADPCM and a data chunk beyond the
+    first 64 KiB were not checked at all)."""
+    tone = _tone(22050, 2.0)
+    path = tmp_path / f"{kind}.{'w64' if kind == 'w64' else 'aiff' if kind == 'aiff' else 'wav'}"
+    if kind == "wav-late-data":
+        pcm = (tone * 32767).astype("<i2").tobytes()
+        note = b"LIST" + struct.pack("<I", 100_000) + b"INFO" + bytes(99_996)
+        fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 22050, 44100, 2, 16)
+        body = b"WAVE" + fmt + note + b"data" + struct.pack("<I", len(pcm)) + pcm
+        path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    else:
+        fmt, subtype = {"wav-95": ("WAV", "PCM_16"), "aiff": ("AIFF", "PCM_16"), "rf64": ("RF64", "PCM_16"),
+                        "w64": ("W64", "PCM_16"), "ima-adpcm": ("WAV", "IMA_ADPCM")}[kind]
+        sf.write(path, tone, 22050, format=fmt, subtype=subtype)
+    assert abs(len(decode_audio(path)) / SAMPLE_RATE - 2.0) < 0.05  # whole, it decodes
+    _cut(path, 0.95 if kind == "wav-95" else 0.75 if kind == "wav-late-data" else 0.5)
+    _expect_error(path, "declares 2.0", "truncated or damaged")
+
+
+def test_lossless_files_of_unknown_length_decode(tmp_path):
+    """A FLAC whose STREAMINFO leaves the length unknown (0, as streaming encoders write) and a WAV whose data size
+    is 0 (a writer that could not seek back) decoded to nothing."""
+    flac = tmp_path / "stream.flac"
+    sf.write(flac, _tone(44100, 2.0), 44100, format="FLAC")
+    data = bytearray(flac.read_bytes())
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total-samples field: bytes 21 (low nibble) to 25
+    data[22:26] = bytes(4)
+    flac.write_bytes(bytes(data))
+    assert abs(len(decode_audio(flac)) / SAMPLE_RATE - 2.0) < 0.01
+    wav = tmp_path / "stream.wav"
+    sf.write(wav, _tone(16000, 1.0), 16000, subtype="PCM_16")
+    data = bytearray(wav.read_bytes())
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = bytes(4)
+    wav.write_bytes(bytes(data))
+    assert abs(len(decode_audio(wav)) / SAMPLE_RATE - 1.0) < 0.01
+
+
+def test_ogg_files_with_tags_after_the_last_page_decode_and_a_missing_page_is_damage(tmp_path):
+    path = tmp_path / "tone.ogg"
+    sf.write(path, _tone(44100, 5.0), 44100, format="OGG", subtype="VORBIS")
+    ogg = path.read_bytes()
+    id3v1 = b"TAG" + b"Title".ljust(30) + b"Artist".ljust(30) + b"Album".ljust(30) + b"2020" + bytes(31)
+    for trailer in (id3v1, bytes(512), bytes(100) + id3v1):
+        path.write_bytes(ogg + trailer)  # "the file ends inside an Ogg page" before
+        assert abs(len(decode_audio(path)) / SAMPLE_RATE - 5.0) < 0.05
+    pages = [m.start() for m in re.finditer(b"OggS", ogg)]
+    middle = len(pages) // 2
+    path.write_bytes(ogg[: pages[middle]] + ogg[pages[middle + 1]:])  # decoded 2.16 s of 5 without a word
+    _expect_error(path, "5.00 s", "truncated or damaged")
+
+
+def test_chained_ogg_decodes_every_stream(tmp_path):
+    """Streams one after another (a radio recording): libsndfile decoded the first and stopped."""
+    first, second = tmp_path / "a.ogg", tmp_path / "b.ogg"
+    sf.write(first, _tone(44100, 2.0), 44100, format="OGG", subtype="VORBIS")
+    sf.write(second, _tone(44100, 3.0), 44100, format="OGG", subtype="VORBIS")
+    chain = tmp_path / "chain.ogg"
+    chain.write_bytes(first.read_bytes() + second.read_bytes())
+    assert abs(len(decode_audio(chain)) / SAMPLE_RATE - 5.0) < 0.05
+
+
+def test_a_stream_whose_rate_changes_midway_keeps_its_speed(tmp_path):
+    """Concatenated ADTS streams at 22.05 and 44.1 kHz: the second half was resampled as if it were at the first
+    rate (half speed, a 1 kHz tone at 2 kHz)."""
+    low, high = tmp_path / "low.aac", tmp_path / "high.aac"
+    _write_pyav(low, "adts", "aac", 22050, 1)
+    _write_pyav(high, "adts", "aac", 44100, 1)
+    both = tmp_path / "both.aac"
+    both.write_bytes(low.read_bytes() + high.read_bytes())
+    audio = decode_audio(both)
+    assert abs(len(audio) / SAMPLE_RATE - 2.0) < 0.15
+    second = audio[len(audio) // 2 + SAMPLE_RATE // 5 : -SAMPLE_RATE // 5]
+    assert abs(_peak_hz(second) - TONE_HZ) < 20
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"R", "only 1 byte: too short"),
+    (b"RIFF\xac\x58\x01\x00", "only 8 bytes: the header is cut short"),  # was "the content is plain text"
+    (bytes(65536) + b"\xff\xfb\x90\x64" * 10, "all zero bytes"),  # FFmpeg read a file of zeros whole
+])
+def test_short_and_empty_content(tmp_path, content, reason):
+    path = tmp_path / "x.mp3"
+    path.write_bytes(content)
+    _expect_error(path, reason)
+
+
+def test_a_sample_rate_above_audio_is_a_broken_header(tmp_path):
+    path = tmp_path / "fast.aiff"
+    sf.write(path, _tone(44100), 44100, format="AIFF")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"COMM") + 16  # the 80-bit rate
+    data[at : at + 10] = b"\x40\x63" + b"\x80" + bytes(7)  # 2^100 Hz; libsndfile clamps it to 67 MHz
+    path.write_bytes(bytes(data))
+    _expect_error(path, "Hz is above")
+
+
+def test_decode_audio_can_stop_early_and_reports_memory_exhaustion(tmp_path, monkeypatch):
+    path = tmp_path / "long.flac"
+    sf.write(path, np.tile(_tone(16000), 6), 16000, format="FLAC")
+    assert len(decode_audio(path, max_seconds=1.5)) == round(1.5 * SAMPLE_RATE)
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    # A small file can hold hours: a 72 KB FLAC of silence decodes to 2.6 GB at 32 kHz.
+    monkeypatch.setattr(np, "concatenate", exhausted)
+    _expect_error(path, "too long to decode into memory")

@@ -35,10 +35,9 @@ class ScoredSplit:
 def _load_clips(examples: Sequence[Example], sample_rate: int, max_seconds: float):
     """Decode each example's audio (first max_seconds); undecodable files are reported and left out."""
     kept, clips, skipped = [], [], []
-    limit = round(max_seconds * sample_rate)
     for ex in examples:
         try:
-            clips.append(decode_audio(ex.audio_path, sample_rate)[:limit])
+            clips.append(decode_audio(ex.audio_path, sample_rate, max_seconds=max_seconds))
             kept.append(ex)
         except AudioDecodeError as exc:
             log.warning("skipping %s", exc)
