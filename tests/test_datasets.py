@@ -352,3 +352,130 @@ def test_id_lists_normalise_ascii_numbers_and_keep_other_digits_as_text(tmp_path
     path = tmp_path / "exclude.txt"
     path.write_text("00123\n²\n٣4\nabc.wav\n000\n" + "7" * 5000 + "\n", encoding="utf-8")
     assert read_id_list(path) == {"123", "²", "٣4", "abc", "0", "7" * 5000}  # 5000 digits: past int()'s limit
+
+
+# ----------------------------------------------------------------------------------------------------
+# Broken annotation files found by an adversarial probe (each failed before the fix in formats.py)
+
+
+def _fsd(root: Path) -> tuple[Path, dict]:
+    path = root / "json_files" / "FreeSound" / "fsd_final.json"
+    return path, json.loads(path.read_text())
+
+
+def test_wavcaps_audio_paths_cannot_leave_the_dataset_folder(tmp_path, caplog):
+    """An entry's `audio` field named /etc/passwd (or ../../..) and training read it as that clip's audio."""
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"RIFF")
+    root = tmp_path / "wavcaps"
+    summary = synth.write_wavcaps(root, n_clips=4, excluded=0)
+    path, data = _fsd(root)
+    clip = summary["ids"]["FreeSound"][0]
+    data["data"][0]["audio"] = str(secret)
+    data["data"][1]["audio"] = "../secret.wav"
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        examples = load_wavcaps(root)
+    assert all(e.audio_path.resolve().is_relative_to(root.resolve()) for e in examples)
+    assert f"FreeSound/{clip}" in {e.audio_id for e in examples}  # found by its id instead
+    assert "2 'audio' path(s) leading outside the dataset folder ignored" in caplog.text
+
+
+def test_wavcaps_json_of_the_wrong_shape_or_captions_of_the_wrong_type_are_reported(tmp_path, caplog):
+    root = tmp_path / "wavcaps"
+    summary = synth.write_wavcaps(root, n_clips=8, excluded=0)
+    path, data = _fsd(root)
+    entries = data["data"]
+    entries[0]["caption"] = 42
+    entries[1]["caption"] = {"en": "a dog"}
+    entries[2]["caption"] = ["a bell rings", ["nested"]]
+    entries[3]["caption"] = "   "
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        examples = {e.audio_id: e for e in load_wavcaps(root)}
+    fsd = summary["ids"]["FreeSound"]
+    assert f"FreeSound/{fsd[0]}" not in examples and f"FreeSound/{fsd[1]}" not in examples  # was "42", "{'en': ...}"
+    assert examples[f"FreeSound/{fsd[2]}"].captions == ("a bell rings",)
+    assert "3 caption(s) that are not text" in caplog.text
+    assert "3 clip(s) have only empty captions" in caplog.text
+    caplog.clear()
+    path.write_text(json.dumps({"Data": entries}))  # a misspelt key dropped the whole source without a word
+    with caplog.at_level(logging.WARNING):
+        load_wavcaps(root)
+    assert f"{path}: not WavCaps data (no top-level 'data' list), skipped" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["wavcaps", "exclusion"])
+def test_deeply_nested_json_is_a_dataset_error(tmp_path, where):
+    root = tmp_path / "wavcaps"
+    synth.write_wavcaps(root, n_clips=4, excluded=1)
+    target = (_fsd(root)[0] if where == "wavcaps" else root / "excluded_ids.json")
+    if where == "exclusion":
+        (root / "dcase2025_task6_excluded_freesound_ids.csv").unlink()
+    target.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match="nested too deeply"):  # was a RecursionError
+        load_wavcaps(root)
+
+
+def test_exclusion_lists_in_other_shapes(tmp_path):
+    root = tmp_path / "wavcaps"
+    summary = synth.write_wavcaps(root, n_clips=8, excluded=0)
+    fsd = summary["ids"]["FreeSound"]
+    listed = root / "ids.json"
+    listed.write_text(json.dumps({"ids": [int(fsd[0]), int(fsd[1])], "notes": ["from DCASE"]}))
+    assert len(load_wavcaps(root, exclude_ids=listed)) == 6  # the dict's keys were excluded instead
+    floats = root / "ids.csv"
+    floats.write_text(f"sound_id\n{fsd[0]}.0\n")  # a spreadsheet's integers
+    assert len(load_wavcaps(root, exclude_ids=floats)) == 7
+    floats.write_text('sound_id\n"1\n' + "1\n" * 80_000)  # an unclosed quote: a csv.Error escaped
+    with pytest.raises(DatasetError, match=r"ids\.csv: malformed CSV"):
+        load_wavcaps(root, exclude_ids=floats)
+
+
+def test_infinite_audiocaps_start_time_and_empty_captions(tmp_path, caplog):
+    summary = synth.write_audiocaps(tmp_path, {"train": 3}, duration=1.0, missing=0)
+    csv_path = tmp_path / "train.csv"
+    lines = csv_path.read_text().splitlines()
+    first = lines[1].split(",")
+    first[2] = "inf"  # OverflowError in int(float("inf")) escaped
+    last = lines[3].split(",")
+    last[3] = " "
+    csv_path.write_text("\n".join([lines[0], ",".join(first), lines[2], ",".join(last)]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        examples = load_audiocaps(tmp_path, "train")
+    ids = summary["splits"]["train"]["youtube_ids"]
+    assert [e.audio_id for e in examples] == ids[:2]
+    assert f"1 clip(s) have only empty captions, skipped: {ids[2]}" in caplog.text
+
+
+def test_clotho_header_without_caption_columns(tmp_path):
+    (tmp_path / "development").mkdir()
+    (tmp_path / "clotho_captions_development.csv").write_text("file_name,text_1,text_2\na.wav,x,y\n")
+    with pytest.raises(DatasetError, match="no caption columns"):  # 0 examples and a per-file warning before
+        load_clotho(tmp_path, "development")
+
+
+def test_tacos_split_names_that_match_no_annotation_are_reported(tmp_path, caplog):
+    summary = synth.write_tacos(tmp_path, n_clips=3, test_clips=1)
+    names = summary["development"]
+    (tmp_path / "development_split.csv").write_text(
+        "filename\n" + "".join(f"{n.rsplit('.', 1)[0]}\n" for n in names))  # ids without the extension
+    with caplog.at_level(logging.WARNING):
+        assert load_tacos(tmp_path, "train") == []
+    assert f"{len(names)} name(s) of the train split match no annotated file" in caplog.text
+
+
+def test_symlinked_subfolders_are_followed_once(tmp_path):
+    """os.walk skipped linked folders: a WavCaps source whose JSON or audio folder is a link vanished in silence."""
+    root = tmp_path / "wavcaps"
+    summary = synth.write_wavcaps(root, n_clips=8, excluded=0)
+    elsewhere = tmp_path / "disk2"
+    elsewhere.mkdir()
+    for sub in ("json_files/FreeSound", "audio/FreeSound"):
+        moved = elsewhere / sub.replace("/", "_")
+        shutil.move(root / sub, moved)
+        (root / sub).symlink_to(moved, target_is_directory=True)
+    (root / "audio" / "FreeSound" / "loop").symlink_to(root / "audio", target_is_directory=True)
+    examples = load_wavcaps(root)
+    assert {e.audio_id for e in examples} == {f"FreeSound/{i}" for i in summary["ids"]["FreeSound"]} | {
+        f"SoundBible/{i}" for i in summary["ids"]["SoundBible"]}

@@ -59,6 +59,7 @@ _TACOS_SPLIT_FILES = {"train": "development_split.csv", "test": "test_split.csv"
 _EXCLUSION_PATTERN = re.compile(r"exclu", re.IGNORECASE)
 _ID_LIST_SUFFIXES = (".csv", ".txt", ".json")
 _MISSING_LISTED = 20
+_ID_KEYS = ("ids", "id", "sound_ids", "freesound_ids", "excluded", "excluded_ids")
 
 
 class DatasetError(HarkError, ValueError):
@@ -94,6 +95,12 @@ def _decode_text(path: Path) -> str:
         raise DatasetError(f"{path}: file not found") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 (spreadsheet "Unicode text" exports) with its BOM
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: starts with a UTF-16 byte-order mark but is not UTF-16 "
+                               f"({exc.reason})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -148,17 +155,34 @@ def _read_json(path: Path) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: line {exc.lineno}, column {exc.colno}: malformed JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # a number of more than 4300 digits
+        raise DatasetError(f"{path}: unreadable JSON ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------------
 # Audio lookup
 
 
+def _walk(directory: Path) -> Iterable[tuple[str, list[str]]]:
+    """(folder, file names) under `directory`, following symlinked folders (datasets are often assembled from
+    links to other disks) but entering each real folder once, so a link loop ends."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        yield dirpath, filenames
+
+
 def _audio_index(directories: Iterable[Path]) -> dict[str, list[Path]]:
-    """Audio files under the given folders (recursively), by file name and by stem."""
+    """Audio files under the given folders (recursively, through symlinked folders), by file name and by stem."""
     index: dict[str, list[Path]] = {}
     for directory in directories:
-        for dirpath, _dirnames, filenames in os.walk(directory):
+        for dirpath, filenames in _walk(directory):
             for filename in filenames:
                 path = Path(dirpath) / filename
                 if path.suffix.lower() in AUDIO_EXTENSIONS:
@@ -180,6 +204,13 @@ def _warn_missing(annotation: Path, names: Sequence[str]) -> None:
     log.warning("%s: %d listed audio file(s) not found, skipped: %s%s", annotation, len(names), shown, more)
 
 
+def _warn_uncaptioned(annotation: Path, names: Sequence[str]) -> None:
+    if names:
+        shown = ", ".join(names[:_MISSING_LISTED])
+        more = f" and {len(names) - _MISSING_LISTED} more" if len(names) > _MISSING_LISTED else ""
+        log.warning("%s: %d clip(s) have only empty captions, skipped: %s%s", annotation, len(names), shown, more)
+
+
 def _first_existing(candidates: Iterable[Path]) -> list[Path]:
     return [c for c in candidates if c.is_dir()]
 
@@ -190,6 +221,9 @@ def _first_existing(candidates: Iterable[Path]) -> list[Path]:
 
 def _normalise_id(value: object) -> str:
     text = _strip_audio_suffix(str(value).strip())
+    # Spreadsheets write integer ids as floats ("507588.0").
+    if re.fullmatch(r"\d+\.0+", text):
+        text = text.split(".", 1)[0]
     # Leading zeros dropped from ASCII numbers without int(), which refuses "²" (a digit to isdigit) and 4300+ digits.
     return (text.lstrip("0") or "0") if text.isascii() and text.isdigit() else text
 
@@ -201,14 +235,23 @@ def read_id_list(path: Path) -> set[str]:
     if suffix == ".json":
         data = _read_json(path)
         if isinstance(data, dict):
-            lists = [v for v in data.values() if isinstance(v, list)]
-            data = lists[0] if len(lists) == 1 else list(data)
+            named = [data[k] for k in data if str(k).lower() in _ID_KEYS and isinstance(data[k], list)]
+            lists = named or [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise DatasetError(f"{path}: expected a JSON list of ids, or an object with one list of them "
+                                   f"(or an 'ids' key); found keys {', '.join(map(str, data))[:200]}")
+            data = lists[0]
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of ids")
+        if any(isinstance(v, dict | list) for v in data):
+            raise DatasetError(f"{path}: ids must be numbers or strings, not objects or lists")
         return {_normalise_id(v) for v in data if str(v).strip()}
     text = _decode_text(path)
     if suffix == ".csv":
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        try:
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise DatasetError(f"{path}: malformed CSV ({exc})") from None
         if not rows:
             return set()
         header = [h.strip().lower() for h in rows[0]]
@@ -252,6 +295,10 @@ def load_clotho(root: str | Path, split: str) -> list[Example]:
         raise DatasetError(f"{root / name}: audio folder for Clotho split {name!r} not found")
     audio_dir = audio_dirs[0]
     rows = read_csv(csv_path, ["file_name"])
+    header = _csv_header(csv_path)
+    if not any(h.startswith("caption") for h in header):
+        raise DatasetError(f"{csv_path}: line 1: header has no caption columns (caption_1 ... caption_5; found: "
+                           f"{', '.join(header)})")
     present = set(os.listdir(audio_dir))
     by_file: dict[str, list[str]] = {}
     for line, row in rows:
@@ -314,12 +361,12 @@ def load_audiocaps(root: str | Path, split: str) -> list[Example]:
         if caption:
             entry["captions"].append(caption)
         entry["ids"].append(row["audiocap_id"].strip())
-    examples, missing = [], []
+    examples, missing, uncaptioned = [], [], []
     for ytid, entry in grouped.items():
         start = entry["start"]
         try:
             start_int = str(int(float(start)))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf
             start_int = start
         stems = [ytid, f"Y{ytid}", f"{ytid}_{start}", f"{ytid}_{start_int}", f"Y{ytid}_{start_int}"]
         stems += entry["ids"]
@@ -328,7 +375,10 @@ def load_audiocaps(root: str | Path, split: str) -> list[Example]:
             missing.append(ytid)
         elif entry["captions"]:
             examples.append(Example(path, tuple(entry["captions"]), ytid, "audiocaps"))
+        else:
+            uncaptioned.append(ytid)
     _warn_missing(csv_path, missing)
+    _warn_uncaptioned(csv_path, uncaptioned)
     return examples
 
 
@@ -342,7 +392,8 @@ def _wavcaps_jsons(root: Path) -> list[Path]:
     found = sorted(p for p in root.glob("*.json") if p.is_file())
     json_dir = root / "json_files"
     if json_dir.is_dir():
-        found += sorted(p for p in json_dir.rglob("*.json") if p.is_file())
+        found += sorted(Path(d) / f for d, files in _walk(json_dir) for f in files
+                        if f.lower().endswith(".json") and (Path(d) / f).is_file())
     return found
 
 
@@ -364,11 +415,15 @@ def load_wavcaps(root: str | Path, exclude_ids: Iterable[str | int] | str | Path
     for json_path in _wavcaps_jsons(root):
         data = _read_json(json_path)
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            continue  # some other JSON (a config, a manifest) sitting beside the data
+            # Some other JSON (a config, the exclusion list) may sit beside the data; say so, since a data file
+            # with a misspelt key would otherwise vanish from training.
+            if not _EXCLUSION_PATTERN.search(json_path.name):
+                log.warning("%s: not WavCaps data (no top-level 'data' list), skipped", json_path)
+            continue
         loaded_any = True
         source_name = json_path.parent.name if json_path.parent != root else json_path.stem
         freesound = not any(tag in str(json_path.relative_to(root)).lower() for tag in _NON_FREESOUND)
-        missing = []
+        missing, uncaptioned, odd_captions, outside = [], [], 0, 0
         for position, entry in enumerate(data["data"]):
             if not isinstance(entry, dict) or "id" not in entry or "caption" not in entry:
                 raise DatasetError(f"{json_path}: data[{position}]: entry needs 'id' and 'caption'")
@@ -377,14 +432,25 @@ def load_wavcaps(root: str | Path, exclude_ids: Iterable[str | int] | str | Path
                 dropped += 1
                 continue
             raw = entry["caption"]
-            texts = (str(c).strip() for c in (raw if isinstance(raw, list) else [raw]) if c is not None)
-            captions = tuple(t for t in texts if t)
-            path = _wavcaps_audio(root, entry, clip_id, source_name, index)
+            values = raw if isinstance(raw, list) else [raw]
+            # Captions are strings; a number, a mapping or a nested list would train on its Python repr.
+            odd_captions += sum(c is not None and not isinstance(c, str) for c in values)
+            captions = tuple(t for t in (c.strip() for c in values if isinstance(c, str)) if t)
+            path, escaped = _wavcaps_audio(root, entry, clip_id, source_name, index)
+            outside += escaped
             if path is None:
                 missing.append(clip_id)
             elif captions:
                 examples.append(Example(path, captions, f"{source_name}/{clip_id}", "wavcaps"))
+            else:
+                uncaptioned.append(clip_id)
         _warn_missing(json_path, missing)
+        _warn_uncaptioned(json_path, uncaptioned)
+        if odd_captions:
+            log.warning("%s: %d caption(s) that are not text (numbers, objects, nested lists) ignored", json_path,
+                        odd_captions)
+        if outside:
+            log.warning("%s: %d 'audio' path(s) leading outside the dataset folder ignored", json_path, outside)
     if not loaded_any:
         raise DatasetError(f"{root}: no WavCaps JSON (an object with a 'data' list) found")
     if dropped:
@@ -394,16 +460,25 @@ def load_wavcaps(root: str | Path, exclude_ids: Iterable[str | int] | str | Path
 
 def _wavcaps_audio(
     root: Path, entry: dict, clip_id: str, source_name: str, index: dict[str, list[Path]]
-) -> Path | None:
+) -> tuple[Path | None, bool]:
+    """The clip's audio file, and whether the entry's own `audio` path was refused (an absolute path or "../" must
+    not make training read any file on the machine)."""
     declared = entry.get("audio")
-    if isinstance(declared, str) and declared and (root / declared).is_file():
-        return root / declared
+    escaped = False
+    if isinstance(declared, str) and declared:
+        # Judged by the name, not the resolved path: folders linked into the dataset from other disks are fine.
+        # WavCaps' own files hold a placeholder ("wav_path"): a name that is not audio falls back to the id.
+        relative = Path(declared)
+        if relative.is_absolute() or ".." in relative.parts:
+            escaped = True
+        elif relative.suffix.lower() in AUDIO_EXTENSIONS and (root / relative).is_file():
+            return root / relative, False
     candidates = index.get(clip_id, [])
     if len(candidates) > 1:
         # The same numeric id can exist in two sources; prefer the folder named like the JSON's source.
         same_source = [p for p in candidates if source_name.lower() in (q.lower() for q in p.parts)]
         candidates = same_source or candidates
-    return sorted(candidates)[0] if candidates else None
+    return (sorted(candidates)[0] if candidates else None), escaped
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -474,8 +549,13 @@ def load_tacos(
     if not audio_dir.is_dir():
         raise DatasetError(f"{audio_dir}: TACOS audio folder not found")
     present = set(os.listdir(audio_dir))
+    unknown = sorted(wanted - set(by_file))
+    if unknown:
+        log.warning("%s: %d name(s) of the %s split match no annotated file (the annotations name files like "
+                    "%r), skipped: %s", root / (split_file or ""), len(unknown), canonical, order[0] if order else "",
+                    ", ".join(unknown[:_MISSING_LISTED]))
     index: dict[str, list[Path]] | None = None
-    examples, missing = [], []
+    examples, missing, uncaptioned = [], [], []
     for name in order:
         if name not in wanted or _normalise_id(name) in excluded:
             continue
@@ -490,7 +570,10 @@ def load_tacos(
             missing.append(name)
         elif by_file[name]:
             examples.append(Example(path, tuple(by_file[name]), _strip_audio_suffix(name), "tacos"))
+        else:
+            uncaptioned.append(name)
     _warn_missing(weak_path if use_weak else strong_path, missing)
+    _warn_uncaptioned(weak_path if use_weak else strong_path, uncaptioned)
     return examples
 
 
