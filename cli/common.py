@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 from hark.errors import HarkError
@@ -56,10 +57,17 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
             raise CLIError(f"--meta '{pair}' is not key=value")
         key, raw = pair.split("=", 1)
         try:
-            meta[key] = json.loads(raw)
-        except json.JSONDecodeError:
+            # NaN and Infinity are not JSON a store accepts: they stay the text the user wrote.
+            meta[key] = json.loads(raw, parse_constant=_not_a_number)
+        except ValueError:  # not JSON (JSONDecodeError), or NaN/Infinity
             meta[key] = raw
+        except RecursionError:
+            raise CLIError(f"--meta '{key}': the value is nested too deeply") from None
     return meta
+
+
+def _not_a_number(name: str) -> float:
+    raise ValueError(name)
 
 
 def print_metrics_table(rows: dict[str, dict[str, float]]) -> None:
@@ -75,3 +83,12 @@ def print_metrics_table(rows: dict[str, dict[str, float]]) -> None:
     print("".ljust(width) + "".join(k.rjust(12) for k in keys))
     for name, values in rows.items():
         print(name.ljust(width) + "".join(f"{values.get(k, float('nan')):12.2f}" for k in keys))
+
+
+def out_folder(path: str, flag: str = "--out") -> Path:
+    """A folder argument that will be created or filled: an existing file there is a one-line error, not a
+    FileExistsError traceback after the work is done."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"{flag} {path}: is a file, not a folder")
+    return folder

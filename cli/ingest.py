@@ -40,6 +40,19 @@ def print_job(status: dict[str, Any], as_json: bool) -> None:
               f"{_iso(batch['taken'])})")
 
 
+def _check_collection_name(name: str) -> None:
+    """Refuse a name the store would refuse, before any file is queued (each file failed with it, one by one, and
+    went to the dead-letter list). The versioned collection adds `__<version>` to it."""
+    from hark.store.edge import _validate_name
+    from hark.store.errors import StoreError
+
+    try:
+        _validate_name(name)
+        _validate_name(f"{name}__{'0' * 16}")
+    except StoreError as exc:
+        raise CLIError(f"--collection: {exc}") from None
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -52,8 +65,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not files:
         raise CLIError("no audio files found in the given paths")
     collection = args.collection or settings.collection
+    _check_collection_name(collection)
+    meta = parse_meta(args.meta)
     bundle = str(bundle_for_collection(settings, collection, args.bundle).resolve())
-    items = [Item(path, parse_meta(args.meta)) for path in files]
+    items = [Item(path, dict(meta)) for path in files]
     if not settings.broker_url and settings.embedded_qdrant:
         from hark.store import connect
 
@@ -78,7 +93,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     status = wait_for(store, job_id, on_update=update)
     bar.close()
     print_job(status, args.json)
-    return 0
+    # A script must see that files failed (each is listed above with its reason, and on the dead-letter list).
+    return 1 if status["failed"] else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -60,6 +60,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = service_error(exc)
+        if message is None:
+            raise
+        print(f"hark: error: {message}", file=sys.stderr)
+        return 2
+
+
+# A server that is down, unreachable or refuses hark is the operator's to fix, not a bug: one line naming the
+# setting. Matched by the exception's module, so the CLI imports neither client to catch them.
+_SERVICES = (("redis", "Redis (HARK_BROKER_URL)"), ("kombu", "the broker (HARK_BROKER_URL)"),
+             ("qdrant_client", "Qdrant (HARK_QDRANT_URL)"), ("httpx", "Qdrant (HARK_QDRANT_URL)"),
+             ("httpcore", "Qdrant (HARK_QDRANT_URL)"))
+
+
+def service_error(exc: BaseException) -> str | None:
+    """One line for an error from a server hark talks to (None for anything else)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # the client's own exception may wrap the socket's
+        seen.add(id(current))
+        module = type(current).__module__ or ""
+        for prefix, service in _SERVICES:
+            if module == prefix or module.startswith(prefix + "."):
+                text = " ".join(str(exc).split()) or type(current).__name__
+                return f"{service}: {text[:300]}"
+        if isinstance(current, ConnectionError | TimeoutError) or type(current).__name__ == "gaierror":
+            return f"cannot reach a server: {' '.join(str(current).split())[:300]}"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .common import add_common, add_device, add_json, print_json, settings_from
+from .common import add_common, add_device, add_json, out_folder, print_json, settings_from
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from hark.demo.run import run_demo
 
-    result = run_demo(Path(args.work), device=args.device, quiet=args.quiet)
+    result = run_demo(out_folder(args.work, "--work"), device=args.device, quiet=args.quiet)
     if args.json:
         print_json(result)
     return 0

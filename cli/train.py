@@ -8,7 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from .common import CLIError, add_common, add_device, add_json, print_json, print_metrics_table, settings_from
+from .common import (
+    CLIError,
+    add_common,
+    add_device,
+    add_json,
+    out_folder,
+    print_json,
+    print_metrics_table,
+    settings_from,
+)
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
@@ -28,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hark.training.run import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, args.data, Path(args.out), device=args.device, resume=not args.no_resume,
+    result = train(cfg, args.data, out_folder(args.out), device=args.device, resume=not args.no_resume,
                    progress=not args.quiet)
     registered_to = None
     if args.register:
@@ -60,7 +69,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
         config = load_config(args.config)
     result = distill(Path(args.init) if args.init else None, [Path(t) for t in args.teacher], args.data,
-                     Path(args.out), overrides=args.overrides, device=args.device, resume=not args.no_resume,
+                     out_folder(args.out), overrides=args.overrides, device=args.device, resume=not args.no_resume,
                      progress=not args.quiet, config=config)
     summary = {"out": str(result.out_dir), "epochs": result.epochs_run, "best_val_mAP@10": result.best_metric}
     if args.json:

@@ -169,8 +169,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    _check_out(Path(checkpoint), out, overwrite)
     model, payload = load_checkpoint(checkpoint)
     model = model.float().eval()
     if model.cosine is None:
@@ -187,6 +186,22 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
         raise
     log.info("bundle %s written to %s", manifest.model.version, out)
     return out
+
+
+def _check_out(checkpoint: Path, out: Path, overwrite: bool) -> None:
+    """`--overwrite` replaces an earlier bundle, nothing else: it emptied any folder it was given, the run folder
+    being exported included."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    if checkpoint.resolve().is_relative_to(out.resolve()):
+        raise ExportError(f"{out} holds the checkpoint being exported; choose another --out")
+    if not (out / "manifest.json").is_file():
+        raise ExportError(f"{out} is not a bundle folder (no manifest.json): --overwrite replaces only an earlier "
+                          "bundle; choose another --out")
 
 
 def _write_bundle(model: RetrievalModel, payload: dict[str, Any], root: Path, precision: str,

@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -101,6 +102,21 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+def _special_kind(path: Path) -> str | None:
+    """What a local path that exists but is not a regular file is (None for a regular file)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # opening it reports the reason
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
 def _local_missing_reason(path: Path) -> str:
     if path.is_symlink():
         return f"broken symbolic link (points to {os.readlink(path)}, which does not exist)"
@@ -170,6 +186,9 @@ def open_source(source: str | os.PathLike) -> Iterator[IO[bytes]]:
             raise SourceError(text, "is a directory, not an audio file")
         if not local.exists():
             raise SourceError(text, _local_missing_reason(local))
+        kind = _special_kind(local)
+        if kind:  # a named pipe blocks the read forever; a device (/dev/zero) never ends
+            raise SourceError(text, f"is {kind}, not a regular file")
         try:
             handle = local.open("rb")
         except OSError as exc:

@@ -45,9 +45,22 @@ def test_console_script_runs():
     (["distill", "--config", "no-such-config", "--teacher", "t.pt", "--data", ".", "--out", "OUT"], "no config named"),
     (["distill", "--config", "tiny", "--teacher", "/no/such/teacher.pt", "--data", ".", "--out", "OUT"],
      "/no/such/teacher.pt"),
+    # Each of these was a traceback, or (epochs=-1) "trained 0 epochs" with exit status 0.
+    (["train", "tiny", "--data", ".", "--out", "OUT", "train.epochs=abc"], "train.epochs must be an integer"),
+    (["train", "tiny", "--data", ".", "--out", "OUT", "train.lr=-1"], "train.lr must be > 0"),
+    (["train", "tiny", "--data", ".", "--out", "OUT", "train.epochs=-1"], "train.epochs must be > 0"),
+    (["train", "tiny", "--data", ".", "--out", "OUT", "heads.cosine=2"], "heads.cosine must be true or false"),
+    (["train", "BINARY", "--data", ".", "--out", "OUT"], "not a config"),
+    (["train", "tiny", "--data", ".", "--out", "FILE"], "is a file, not a folder"),
+    (["report", "BADRUN"], "'epoch' must be a number"),
 ])
 def test_bad_input_gives_one_error_line(capsys, tmp_path, argv, message):
-    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    (tmp_path / "binary.pt").write_bytes(bytes(range(256)))
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "badrun").mkdir()
+    (tmp_path / "badrun" / "metrics.jsonl").write_text('{"epoch": "x", "loss": 1.0}\n')
+    names = {"OUT": "out", "BINARY": "binary.pt", "FILE": "a-file", "BADRUN": "badrun"}
+    argv = [str(tmp_path / names[a]) if a in names else a for a in argv]
     code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
@@ -93,3 +106,43 @@ def test_export_and_verify_commands(capsys, trained_run, tmp_path):
     assert code == 0 and stdout.startswith("OK")
     code, _, err = run(capsys, "export", str(trained_run[0]), "--out", str(bundle))
     assert code == 2 and "not empty" in err
+    # --overwrite replaces an earlier bundle only: it emptied any folder, the run being exported included.
+    victim = tmp_path / "notes"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep me")
+    code, _, err = run(capsys, "export", str(trained_run[0]), "--out", str(victim), "--overwrite")
+    assert code == 2 and "not a bundle folder" in err and (victim / "data.txt").read_text() == "keep me"
+    code, _, err = run(capsys, "export", str(trained_run[0]), "--out", str(trained_run[0]), "--overwrite")
+    assert code == 2 and "holds the checkpoint" in err and (trained_run[0] / "best.pt").is_file()
+
+
+def test_ingest_arguments_are_checked_before_anything_is_queued(capsys, tmp_path):
+    from hark.cli.common import parse_meta
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"RIFF")
+    code, _, err = run(capsys, "ingest", str(clip), "--collection", "a/b")  # failed file by file before
+    assert code == 2 and "--collection: invalid collection name 'a/b'" in err
+    code, _, err = run(capsys, "ingest", str(clip), "--meta", "x=" + "[" * 5000 + "]" * 5000)  # a RecursionError
+    assert code == 2 and "nested too deeply" in err
+    # NaN and Infinity are not values a store takes: they stay the text that was written.
+    assert parse_meta(["a=NaN", "b=-Infinity", "c=1.5", "d=[1, 2]"]) == {"a": "NaN", "b": "-Infinity", "c": 1.5,
+                                                                          "d": [1, 2]}
+
+
+def test_a_server_that_is_down_is_one_error_line(capsys, monkeypatch, tmp_path):
+    """Redis or Qdrant refusing the connection printed the client library's traceback."""
+    from hark.cli.main import service_error
+
+    monkeypatch.setenv("HARK_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("HARK_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    code, _, err = run(capsys, "jobs")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("hark: error: Redis (HARK_BROKER_URL):"), err
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as inner:
+            raise RuntimeError("request failed") from inner
+    except RuntimeError as outer:
+        assert service_error(outer).startswith("cannot reach a server")
+    assert service_error(ValueError("a bug")) is None  # anything else keeps its traceback

@@ -209,12 +209,31 @@ def test_broken_symlink_is_a_failed_file_and_the_rest_go_on(fast_bundle, tmp_pat
         monkeypatch.setenv(key, getattr(settings, key[5:].lower()))
     monkeypatch.delenv("HARK_BROKER_URL", raising=False)
     code = main(["ingest", str(good), str(link), "--bundle", str(fast_bundle), "--quiet", "--json"])
-    assert code == 0
+    assert code == 1  # a failed file is an exit status a script can see (it was 0)
     status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert status["ingested"] == 1 and status["failed"] == 1
     assert "broken symbolic link" in status["failures"][str(link)]
     # Inside a folder too: the link is listed and reported, not silently skipped.
     assert str(link) in collect_files([tmp_path])
+
+
+def test_pipes_and_devices_fail_at_once_and_the_rest_go_on(fast_bundle, tmp_path):
+    """A named pipe (no writer) and /dev/zero hung `hark ingest`: hashing the file never ended."""
+    import os
+    import threading
+
+    good = clip(tmp_path / "good.wav", 3.0, 3)
+    fifo = tmp_path / "live.wav"
+    os.mkfifo(fifo)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(
+        ingest(settings_for(tmp_path), [good, fifo, "/dev/zero"], fast_bundle)), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert outcome, "ingest still running after 120 s"
+    status = outcome[0]
+    assert status["ingested"] == 1 and status["failed"] == 2, status
+    assert "named pipe" in status["failures"][str(fifo)] and "device" in status["failures"]["/dev/zero"]
 
 
 # -- decoding -------------------------------------------------------------------------------------------------

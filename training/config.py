@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ class ModelConfig:
             bad = set(values) - names
             if bad:
                 raise ConfigError(f"{source}: unknown field(s) in '{key}': {sorted(bad)}")
-            kwargs[key] = kind(**values)
+            kwargs[key] = kind(**_typed(kind, key, values, source))
         config = cls(**kwargs)
         config.validate(source)
         return config
@@ -229,6 +230,18 @@ class ModelConfig:
             raise ConfigError(f"{source}: train.order_heads must be all or attention")
         if self.train.batch_size < 2:
             raise ConfigError(f"{source}: train.batch_size must be at least 2 for a contrastive loss")
+        for section, names in _POSITIVE.items():
+            for name in names:
+                if getattr(getattr(self, section), name) <= 0:
+                    raise ConfigError(f"{source}: {section}.{name} must be > 0")
+        for section in ("audio", "text", "heads", "train"):
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                if (isinstance(value, int | float) and not isinstance(value, bool) and value < 0
+                        and f"{section}.{f.name}" not in _SIGNED):
+                    raise ConfigError(f"{source}: {section}.{f.name} must be >= 0")
+        if a.fmax <= a.fmin:
+            raise ConfigError(f"{source}: audio.fmax must be above audio.fmin")
 
     def with_overrides(self, overrides: list[str]) -> ModelConfig:
         """Apply `section.field=value` strings; values parse as JSON, else stay strings."""
@@ -261,6 +274,45 @@ class ModelConfig:
         return ModelConfig.from_dict(data, "overrides")
 
 
+# Sizes, counts and rates that must be positive (the rest of the numbers must be >= 0, but for _SIGNED).
+_POSITIVE = {
+    "audio": ("embed_dim", "depth", "num_heads", "patch", "stride", "frames", "sample_rate", "n_mels", "n_fft",
+              "win_length", "hop_length", "fmax", "segment_seconds", "max_segments"),
+    "text": ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_tokens"),
+    "heads": ("dim", "attention_heads"),
+    "train": ("lr", "epochs", "batch_size", "grad_accum", "tau", "crop_seconds"),
+}
+_SIGNED = {"train.seed"}
+
+
+def _typed(kind: type, section: str, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` checked against the field types of `kind` (read from its defaults): an override like
+    `train.epochs=abc` failed deep inside training with a TypeError, and `true` passed as an int."""
+    defaults = kind()
+    out = {}
+    for name, value in values.items():
+        expected = type(getattr(defaults, name))
+        where = f"{source}: {section}.{name}"
+        if expected is bool:
+            ok = isinstance(value, bool)
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif expected is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, not {value!r}")
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, expected)
+        if not ok:
+            raise ConfigError(f"{where} must be {_TYPE_NAMES.get(expected, expected.__name__)}, not {value!r}")
+        out[name] = value
+    return out
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def named_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.json"))}
 
@@ -285,6 +337,10 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a config (a JSON text file); is it a checkpoint?") from None
+    except (OSError, RecursionError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a JSON object")
     data.setdefault("name", path.stem)

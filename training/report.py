@@ -46,7 +46,10 @@ def series(history: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]
     """(epoch, value) per numeric key; a resumed run may repeat an epoch: the last record wins."""
     by_epoch: dict[float, dict[str, Any]] = {}
     for index, record in enumerate(history, start=1):
-        by_epoch[float(record.get("epoch", index))] = record
+        epoch = record.get("epoch", index)
+        if isinstance(epoch, bool) or not isinstance(epoch, int | float) or not math.isfinite(epoch):
+            raise ReportError(f"record {index} of metrics.jsonl: 'epoch' must be a number, not {epoch!r}")
+        by_epoch[float(epoch)] = record
     out: dict[str, list[tuple[float, float]]] = {}
     for epoch in sorted(by_epoch):
         for key, value in by_epoch[epoch].items():
