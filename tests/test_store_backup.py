@@ -93,3 +93,77 @@ def test_backup_and_restore_commands(tmp_path, monkeypatch, capsys):
     with EdgeStore(tmp_path / "fresh") as store:
         assert _snapshot(store) == before
     assert main(["restore", str(copy)]) == 2  # the target is not empty any more
+
+
+def _no_partials(*folders) -> None:
+    for folder in folders:
+        assert not [p for p in folder.rglob("*.partial")], f"a half copy was left in {folder}"
+
+
+def test_backup_refuses_a_destination_inside_the_live_store(tmp_path):
+    live = tmp_path / "live"
+    with EdgeStore(live) as store:
+        _fill(store)
+        before = _snapshot(store)
+    (tmp_path / "link").symlink_to(live / "collections")
+    for dest in (live / "collections" / "x", live / "inner", live, tmp_path / "link" / "y"):
+        with pytest.raises(StoreError, match="inside its source"):
+            backup(live, dest)
+        assert dest == live or not dest.exists()
+    with EdgeStore(live) as store:
+        with pytest.raises(StoreError, match="inside its source"):
+            backup(live, live / "inner", store=store)
+        assert _snapshot(store) == before
+    assert sorted(p.name for p in live.iterdir()) == [".lock", "aliases.json", "collections"]
+    assert sorted(p.name for p in (live / "collections").iterdir()) == ["songs__v1"]
+    _no_partials(live)
+
+
+def test_restore_refuses_a_destination_inside_the_backup_and_the_other_way_round(tmp_path):
+    live, copy = tmp_path / "live", tmp_path / "copy"
+    with EdgeStore(live) as store:
+        _fill(store)
+    backup(live, copy)
+    files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*"))
+    for dest in (copy / "collections" / "sub", copy / "sub", copy):
+        with pytest.raises(StoreError, match="inside its source"):
+            restore(copy, dest)
+    # A backup kept inside an (empty) target folder: the target would have to swallow its own source.
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "copy").symlink_to(copy)
+    with pytest.raises(StoreError, match="inside its destination"):
+        restore(tmp_path / "target" / "copy", copy.parent)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == files
+    _no_partials(copy)
+
+
+def test_backup_of_a_missing_or_non_store_folder_is_an_error_and_creates_nothing(tmp_path):
+    missing, plain = tmp_path / "missing", tmp_path / "plain"
+    with pytest.raises(StoreError, match="no such folder"):
+        backup(missing, tmp_path / "b1")
+    assert not missing.exists() and not (tmp_path / "b1").exists()
+    plain.mkdir()
+    (plain / "notes.txt").write_text("not a store")
+    with pytest.raises(StoreError, match="not an embedded store"):
+        backup(plain, tmp_path / "b2")
+    assert sorted(p.name for p in plain.iterdir()) == ["notes.txt"] and not (tmp_path / "b2").exists()
+
+
+def test_backup_and_restore_commands_refuse_nested_folders_in_one_line(tmp_path, monkeypatch, capsys):
+    from hark.cli import main
+
+    live, copy = tmp_path / "live", tmp_path / "copy"
+    with EdgeStore(live) as store:
+        _fill(store)
+    monkeypatch.delenv("HARK_QDRANT_URL", raising=False)
+    monkeypatch.setenv("HARK_QDRANT_PATH", str(live))
+    assert main(["backup", str(live / "collections" / "x")]) == 2
+    assert main(["backup", str(copy)]) == 0
+    monkeypatch.setenv("HARK_QDRANT_PATH", str(copy / "collections" / "sub"))
+    assert main(["restore", str(copy)]) == 2
+    monkeypatch.setenv("HARK_QDRANT_PATH", str(tmp_path / "missing"))
+    assert main(["backup", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "b").exists()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 3 and all(line.startswith("hark: error:") for line in lines), lines
+    _no_partials(live, copy)

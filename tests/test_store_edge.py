@@ -378,6 +378,29 @@ def test_alias_file_is_reread_on_every_lookup(tmp_path):
         assert store.get_aliases().aliases[0].collection_name == "songs__v2"
 
 
+@pytest.mark.parametrize("content", [
+    b'{"aliases": [1, 2]}', b"[]", b'"aliases"', b"null", b"{}", b'{"aliases": null}', b'{"aliases": {"songs": 3}}',
+    b'{"aliases": {"songs": ["songs__v1"]}}', b"{bad", b"\xff\xfe\x00binary", None])
+def test_an_alias_file_of_any_wrong_shape_is_a_store_error_and_is_never_rewritten(tmp_path, content):
+    root = tmp_path / "s"
+    with EdgeStore(root) as store:
+        store.create_collection("songs__v1", vectors_config={"global": VECTORS["global"]})
+    aliases = root / "aliases.json"
+    if content is None:
+        aliases.mkdir()  # a folder where the file belongs
+    else:
+        aliases.write_bytes(content)
+    with EdgeStore(root) as store:
+        for call in (lambda: store.collection_exists("songs"), lambda: store.scroll("songs"), store.get_aliases,
+                     store.alias_map, lambda: store.delete_collection("songs__v1"),
+                     lambda: store.update_collection_aliases(change_aliases_operations=[models.CreateAliasOperation(
+                         create_alias=models.CreateAlias(collection_name="songs__v1", alias_name="music"))])):
+            with pytest.raises(StoreError, match=r"cannot read .*aliases\.json"):
+                call()
+    # What the operator wrote is left for them to fix: no write replaced it.
+    assert aliases.is_dir() if content is None else aliases.read_bytes() == content
+
+
 def test_second_opener_gets_in_use_error(tmp_path):
     root = tmp_path / "s"
     store = EdgeStore(root)

@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from hark.errors import SourcedError
+
+log = logging.getLogger(__name__)
+
 STATES = ("ingested", "duplicate", "failed")
+UNREADABLE = "unreadable"  # the state `FileJobStore.jobs` lists a job record it cannot read as
+
+# The fields of a dead-letter entry (`dead_letter_entry`), all text; `meta` is an object.
+_DEAD_LETTER_FIELDS = ("id", "job", "path", "reason", "collection", "bundle", "at")
+
+
+class StateFileError(SourcedError):
+    """A file of the embedded job state (a job record, the dead-letter list) that is unreadable or of the wrong
+    shape. Never rewritten: a write would lose what it holds; the message names the file to fix or move."""
 
 
 def new_job_id() -> str:
@@ -36,7 +50,7 @@ def summarize(meta: dict[str, Any], outcomes: dict[str, dict[str, str]],
     for path, outcome in outcomes.items():
         counts[outcome["status"]] += 1
         if outcome["status"] == "failed":
-            failures[path] = outcome["reason"]
+            failures[path] = outcome.get("reason", "")
         elif outcome["status"] == "duplicate" and outcome.get("reason"):
             duplicates[path] = outcome["reason"]
     total = int(meta.get("total", 0))
@@ -210,45 +224,81 @@ class FileJobStore:
         os.replace(tmp, path)
 
     def _read(self, path: Path, default: Any) -> Any:
+        """The JSON in `path`, `default` when there is no such file; anything else unreadable, or not the object
+        every state file holds, is a `StateFileError` naming the file."""
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return default
+        except (OSError, ValueError) as exc:  # ValueError: broken JSON, bytes that are not UTF-8
+            raise StateFileError(str(path), f"unreadable ({exc})") from exc
+        if not isinstance(data, dict):
+            raise StateFileError(str(path), f"expected a JSON object, found {_shape(data)}")
+        return data
 
     def _job(self, job_id: str) -> Path:
+        # Ids are ours (`new_job_id`): one that could name a file outside jobs/ is no job.
+        if not job_id or "/" in job_id or "\\" in job_id or "\0" in job_id or job_id.startswith("."):
+            raise KeyError(job_id)
         return self.root / "jobs" / f"{job_id}.json"
+
+    def _read_job(self, job_id: str) -> dict[str, Any]:
+        path = self._job(job_id)
+        data = self._read(path, None)
+        if data is None:
+            raise KeyError(job_id)
+        problem = _job_problem(data)
+        if problem:
+            raise StateFileError(str(path), f"not a job record: {problem}")
+        return data
 
     def create(self, job_id: str, collection: str, total: int, bundle: str) -> None:
         self._write(self._job(job_id), {"meta": {"id": job_id, "collection": collection, "total": total,
                                                  "bundle": bundle, "created": time.time()}, "files": {}})
 
     def record(self, job_id: str, path: str, status: str, reason: str = "") -> None:
-        data = self._read(self._job(job_id), None)
-        if data is None:
-            raise KeyError(job_id)
+        data = self._read_job(job_id)
         data["files"][path] = {"status": status, "reason": reason}
         self._write(self._job(job_id), data)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        data = self._read(self._job(job_id), None)
-        if data is None:
-            raise KeyError(job_id)
+        data = self._read_job(job_id)
         return summarize(data["meta"], data["files"])
 
     def jobs(self) -> list[dict[str, Any]]:
-        found = [self.status(p.stem) for p in (self.root / "jobs").glob("*.json")]
-        return sorted(found, key=lambda j: float(j.get("created", 0)))
+        """Every job; one whose record cannot be read is listed in state UNREADABLE (with `error`), and logged,
+        so that one broken file does not hide the others."""
+        found = []
+        for path in (self.root / "jobs").glob("*.json"):
+            try:
+                found.append(self.status(path.stem))
+            except KeyError:
+                continue  # gone since the listing (or a name that is no job id)
+            except StateFileError as exc:
+                log.warning("%s", exc)
+                found.append(_unreadable_job(path, exc.reason))
+        return sorted(found, key=lambda j: (float(j.get("created", 0)), j["id"]))
+
+    def _dead_letter_list(self) -> dict[str, dict[str, Any]]:
+        path = self.root / "deadletter.json"
+        data = self._read(path, {})
+        for key, entry in data.items():
+            problem = _dead_letter_problem(key, entry)
+            if problem:
+                raise StateFileError(str(path), f"not a dead-letter list ({problem}); fix or move the file, "
+                                     "it is never rewritten while unreadable")
+        return data
 
     def dead_letter(self, entry: dict[str, Any]) -> None:
-        data = self._read(self.root / "deadletter.json", {})
+        data = self._dead_letter_list()
         data[entry["id"]] = entry
         self._write(self.root / "deadletter.json", data)
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        return sorted(self._read(self.root / "deadletter.json", {}).values(), key=lambda e: e["at"])
+        return sorted(self._dead_letter_list().values(), key=lambda e: e["at"])
 
     def clear_dead_letters(self, ids: set[str]) -> None:
-        data = self._read(self.root / "deadletter.json", {})
+        data = self._dead_letter_list()
         for i in ids:
             data.pop(i, None)
         self._write(self.root / "deadletter.json", data)
@@ -298,6 +348,58 @@ class FileJobStore:
         counts[key] = counts.get(key, 0) + 1
         self._write(self.root / "deliveries.json", counts)
         return counts[key]
+
+
+def _shape(data: Any) -> str:
+    """A short description of a JSON value, for an error message."""
+    text = json.dumps(data)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _job_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a job record (as `FileJobStore.create` / `record` write it), None when nothing."""
+    meta, files = data.get("meta"), data.get("files")
+    if not isinstance(meta, dict) or not isinstance(files, dict):
+        return f'expected {{"meta": {{...}}, "files": {{...}}}}, found {_shape(data)}'
+    for key in ("id", "collection"):
+        if not isinstance(meta.get(key), str):
+            return f"meta.{key} is {_shape(meta.get(key))}, not text"
+    if not isinstance(meta.get("total"), int) or isinstance(meta["total"], bool) or meta["total"] < 0:
+        return f"meta.total is {_shape(meta.get('total'))}, not a count"
+    if "created" in meta and not _is_number(meta["created"]):
+        return f"meta.created is {_shape(meta['created'])}, not a time"
+    for path, outcome in files.items():
+        if (not isinstance(outcome, dict) or outcome.get("status") not in STATES
+                or not isinstance(outcome.get("reason", ""), str)):
+            return f"the outcome of {path} is {_shape(outcome)}"
+    return None
+
+
+def _unreadable_job(path: Path, reason: str) -> dict[str, Any]:
+    """A job record that cannot be read, as a `jobs()` entry: the fields of a status, nothing counted."""
+    try:
+        created = path.stat().st_mtime
+    except OSError:
+        created = 0.0
+    return {"id": path.stem, "collection": "?", "bundle": "", "created": created, "total": 0,
+            **{s: 0 for s in STATES}, "pending": 0, "state": UNREADABLE, "error": f"{path}: {reason}",
+            "failures": {}, "duplicates": {}, "batches": [], "finished": []}
+
+
+def _dead_letter_problem(key: Any, entry: Any) -> str | None:
+    """What is wrong with one entry of the dead-letter list (as `dead_letter_entry` makes it), None when nothing."""
+    if not isinstance(entry, dict):
+        return f"entry {key} is {_shape(entry)}, not an object"
+    for field in _DEAD_LETTER_FIELDS:
+        if not isinstance(entry.get(field), str):
+            return f"entry {key}: {field} is {_shape(entry.get(field))}, not text"
+    if not isinstance(entry.get("meta") or {}, dict):
+        return f"entry {key}: meta is {_shape(entry['meta'])}, not an object"
+    return None
 
 
 def job_store(settings) -> JobStore:

@@ -129,6 +129,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _shape(data: Any) -> str:
+    """A short description of a JSON value of the wrong shape, for an error message."""
+    text = json.dumps(data)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -416,13 +422,21 @@ class EdgeStore:
     # -- aliases ----------------------------------------------------------------------------------------------
     def _read_aliases(self) -> dict[str, str]:
         # Re-read every time: another process may have switched an alias since (a re-index run by the CLI).
+        path = self.path / ALIASES_FILE
         try:
-            data = json.loads((self.path / ALIASES_FILE).read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read {self.path / ALIASES_FILE}: {exc}") from exc
-        return dict(data.get("aliases", {}))
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+        # Only the shape `_write_aliases` writes: anything else (a list, numbers, a missing key) is as unreadable
+        # as broken JSON, and is never rewritten (an alias switch would drop the aliases it holds).
+        aliases = data.get("aliases") if isinstance(data, dict) else None
+        if not isinstance(aliases, dict) or not all(isinstance(a, str) and isinstance(c, str)
+                                                    for a, c in aliases.items()):
+            raise StoreError(f"cannot read {path}: expected {{\"aliases\": {{alias: collection, ...}}}} with "
+                             f"text names, found {_shape(data)}")
+        return dict(aliases)
 
     def _write_aliases(self, aliases: dict[str, str]) -> None:
         _write_atomic(self.path / ALIASES_FILE,
@@ -749,15 +763,35 @@ def _empty_operation() -> Any:
 
 
 # -- backup / restore ------------------------------------------------------------------------------------------------
-def _copy_folder(src: Path, dest: Path) -> Path:
+def _check_apart(src: Path, dest: Path, what: str) -> None:
+    """Refuse a copy whose destination lies inside its source, or the other way round (after resolving symlinks):
+    copying a folder into itself recurses until the disk fills, and a copy inside the live store is in its way."""
+    try:
+        real_src, real_dest = src.resolve(), dest.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise StoreError(f"cannot resolve the {what} folders {src} and {dest}: {exc}") from exc
+    if real_dest == real_src or real_src in real_dest.parents:
+        raise StoreError(f"{what} destination {dest} is inside its source {src}: choose a folder outside it")
+    if real_dest in real_src.parents:
+        raise StoreError(f"{what} source {src} is inside its destination {dest}: choose a folder outside it")
+
+
+def _copy_folder(src: Path, dest: Path, what: str = "backup") -> Path:
+    _check_apart(src, dest, what)
+    if dest.exists() and not dest.is_dir():
+        raise StoreError(f"{what} destination {dest} exists and is not a folder")
     if dest.exists() and any(dest.iterdir()):
-        raise StoreError(f"backup destination {dest} exists and is not empty")
+        raise StoreError(f"{what} destination {dest} exists and is not empty")
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-    # The lock file belongs to the running store, not to the data.
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(LOCK_FILE), symlinks=True)
-    if dest.exists():
-        dest.rmdir()
-    os.replace(tmp, dest)
+    try:
+        # The lock file belongs to the running store, not to the data.
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(LOCK_FILE), symlinks=True)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half copy left behind
+        raise
     return dest
 
 
@@ -782,10 +816,17 @@ def backup(path: str | Path, dest: str | Path, store: EdgeStore | None = None) -
     folder is opened (locked) for the copy, so a folder held by another process raises `StoreUnavailableError`:
     stop the worker / server first, or back up through its own store.
     """
+    path, dest = Path(path), Path(dest)
     if store is not None:
-        if Path(store.path).resolve() != Path(path).resolve():
+        if Path(store.path).resolve() != path.resolve():
             raise StoreError(f"the store given is for {store.path}, not {path}")
         return store.backup(dest)
+    # Checked before the folder is opened: opening would create a missing one (and back up an empty store).
+    if not path.is_dir():
+        raise StoreError(f"no embedded store to back up at {path} (no such folder)")
+    if not (path / COLLECTIONS_DIR).is_dir():
+        raise StoreError(f"{path} is not an embedded store (no {COLLECTIONS_DIR}/ folder)")
+    _check_apart(path, dest, "backup")
     with EdgeStore(path) as owner:
         return owner.backup(dest)
 
@@ -795,7 +836,7 @@ def restore(backup_path: str | Path, path: str | Path) -> Path:
     src = Path(backup_path)
     if not (src / COLLECTIONS_DIR).is_dir():
         raise StoreError(f"{src} is not a backup of an embedded store (no {COLLECTIONS_DIR}/ folder)")
-    return _copy_folder(src, Path(path))
+    return _copy_folder(src, Path(path), "restore")
 
 
 def _on_disk_files(collection_dir: Path) -> list[Path]:
