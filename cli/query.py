@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hark.settings import PORT_ALLOWED, PORTS
+
 from .common import CLIError, add_common, add_device, print_json, settings_from
 
 
@@ -66,6 +68,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_number(text: str) -> int:
+    """`serve --port`: a port as HARK_PORT takes it (argparse prints the reason and exits with status 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = None
+    if port is None or not PORTS[0] <= port <= PORTS[1]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: it must be {PORT_ALLOWED}")
+    return port
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search the collection by text",
                        description="Text -> cosine prefilter in Qdrant -> attention rerank -> ranked clips.")
@@ -89,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "/healthz, /readyz, /metrics and OpenAPI at /docs; other routes pass through to the "
                        "upstream Qdrant.")
     p.add_argument("--host", help="listen address; default HARK_HOST (127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port; default HARK_PORT (8000)")
+    p.add_argument("--port", type=port_number, help="listen port (1-65535); default HARK_PORT (8000)")
     p.add_argument("--collection", help="default collection; default HARK_COLLECTION")
     p.add_argument("--bundle", help="bundle folder or registered version; default HARK_BUNDLE or the newest")
     add_device(p)
