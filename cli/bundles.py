@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from .common import add_device, add_json, print_json, settings_from
+
+log = logging.getLogger(__name__)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -29,9 +32,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from hark.bundle import BundleError
+    from hark.errors import HarkError
     from hark.plugin.verify import verify_bundle
 
-    report = verify_bundle(args.bundle, device=args.device)
+    try:
+        report = verify_bundle(args.bundle, device=args.device)
+    except (HarkError, ImportError, MemoryError):
+        raise
+    except Exception as exc:
+        # The manifest is checked when it loads; what still fails here is the bundle's graphs disagreeing with
+        # it (a shape, an input). Checking bundles is this command's job: say so in one line (-v: traceback).
+        log.debug("bundle verification failed", exc_info=True)
+        reason = (str(exc).splitlines() or [""])[0]
+        raise BundleError(f"{args.bundle}: verification failed: {type(exc).__name__}"
+                          + (f": {reason}" if reason else "")) from exc
     if args.json:
         print_json(report)
     else:

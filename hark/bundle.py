@@ -86,6 +86,7 @@ class Bundle:
         except ManifestError as exc:
             raise BundleError(str(exc)) from exc
         _check_text_front_end(manifest, manifest_path)
+        _check_inside(root, manifest)
         bundle = cls(root, manifest, state_dir)
         if verify_hashes == "used":
             bundle._lazy = True
@@ -101,9 +102,10 @@ class Bundle:
 
     def _verify_used(self, path: Path) -> None:
         """Hash one file before its first use (lazy mode); each file once per process."""
-        if not self._lazy or path.name in self._verified:
+        name = path.relative_to(self.root).as_posix()  # the manifest's key: a path relative to the bundle
+        if not self._lazy or name in self._verified:
             return
-        expected = self.manifest.files.get(path.name)
+        expected = self.manifest.files.get(name)
         if expected is None:
             raise BundleError(f"{path}: not listed in the manifest")
         stamp = self._stamp_path(path)
@@ -115,7 +117,7 @@ class Bundle:
                                   f"expected {expected[:12]}..., found {actual[:12]}...")
             if stamp is not None:
                 _write_stamp(stamp, path, expected, before)
-        self._verified.add(path.name)
+        self._verified.add(name)
 
     def _stamp_path(self, path: Path) -> Path | None:
         if self._stamps is None:
@@ -181,8 +183,13 @@ class Bundle:
     @cached_property
     def tokenizer(self) -> TextTokenizer:
         text = self.manifest.text
-        self._verify_used(self.root / text.tokenizer)
-        return TextTokenizer.from_file(self.root / text.tokenizer, text.max_tokens)
+        path = self.root / text.tokenizer
+        self._verify_used(path)
+        try:
+            return TextTokenizer.from_file(path, text.max_tokens)
+        except (ValueError, OSError) as exc:  # hashed right, yet not a tokenizer: an exporter's fault
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
+            raise BundleError(f"{path}: the tokenizer cannot be loaded ({reason})") from exc
 
     def graph_path(self, graph: str, precision: str | None = None) -> Path:
         entry = self.manifest.graphs.get(graph)
@@ -235,6 +242,20 @@ def _write_stamp(stamp: Path, path: Path, expected: str, before: dict[str, Any])
         os.replace(tmp, stamp)
     except OSError as exc:
         log.debug("no hash stamp for %s: %s", path, exc)
+
+
+def _check_inside(root: Path, manifest: Manifest) -> None:
+    """Every listed file (the manifest checks that these include every file it refers to) must resolve inside
+    the bundle folder: the manifest's paths are relative without '..', and no symbolic link may lead out."""
+    top = root.resolve()
+    for name in manifest.files:
+        path = root / name
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a loop of symbolic links
+            raise BundleError(f"{path}: cannot be resolved ({exc})") from exc
+        if not real.is_relative_to(top):
+            raise BundleError(f"{path}: resolves outside the bundle folder (to {real})")
 
 
 def _check_text_front_end(manifest: Manifest, where: Path) -> None:

@@ -8,9 +8,12 @@ missing or mistyped key. `FORMAT_VERSION` changes only when a key changes meanin
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from hark.errors import HarkError
@@ -20,6 +23,20 @@ MANIFEST = "manifest.json"
 GRAPHS = ("audio", "clip", "text", "rerank", "moments")
 # The caption every bundle records after its own text normalisation; the runtime must reproduce it.
 NORMALIZATION_PROBE = "A Dog, barking!"
+
+# A model's name and version name its registry folder (`<name>-<version>`) and its collections
+# (`<alias>__<version>`), so both are slugs: ASCII letters, digits, '.', '-' (the name also '_'), starting with a
+# letter or digit (never '.' or '..'), no path separators. The exporter's name is its config's (a config file's
+# stem, "tiny", "passt-roberta-base"), its version 12 hex digits of the files' hashes. A version never holds '_'
+# because the version is what follows the last '__' of a collection name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+# What the store accepts (hark.store.vector_params): distances compared case-insensitively, storage datatypes.
+DISTANCES = ("cosine", "dot")
+DATATYPES = ("float32", "float16", "uint8")
+ATTENTION_VARIANTS = ("sentence", "full")
+COMPARE_TO = ("text", "query")
 
 
 class ManifestError(HarkError):
@@ -121,7 +138,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: not a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version != FORMAT_VERSION:  # JSON true is not format 1
             raise ManifestError(f"{where}: bundle format {version!r}, this hark reads format {FORMAT_VERSION}; "
                                 "re-export the model with this version of hark")
         vectors = _mapping(data, "vectors", where)
@@ -129,7 +146,8 @@ class Manifest:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         heads = _mapping(data, "heads", where)
         attention = heads.get("attention")
-        return cls(
+        cosine = heads.get("cosine")
+        manifest = cls(
             model=_build(ModelInfo, _mapping(data, "model", where), f"{where}: model"),
             audio=_build(AudioFrontEnd, _mapping(data, "audio", where), f"{where}: audio"),
             text=_build(TextFrontEnd, _mapping(data, "text", where), f"{where}: text"),
@@ -137,19 +155,89 @@ class Manifest:
                                   f"{where}: vectors.{name}") for name, spec in vectors.items()},
             heads=Heads(fusion={str(k): _number(v, f"{where}: heads.fusion.{k}")
                                 for k, v in _mapping(heads, "fusion", f"{where}: heads").items()},
-                        cosine=heads.get("cosine"),
+                        cosine=None if cosine is None else dict(_as_dict(cosine, f"{where}: heads.cosine")),
                         attention=None if attention is None else _build(AttentionHead, attention,
                                                                         f"{where}: heads.attention")),
             graphs={name: _build(GraphEntry, entry, f"{where}: graphs.{name}") for name, entry in graphs.items()},
-            files={str(k): str(v) for k, v in _mapping(data, "files", where).items()},
+            files={_bundle_path(k, f"{where}: files"): _sha256(v, f"{where}: files.{k}")
+                   for k, v in _mapping(data, "files", where).items()},
             format_version=FORMAT_VERSION,
             created_at=str(data.get("created_at", "")),
-            training=dict(data.get("training") or {}),
-            parity=dict(data.get("parity") or {}),
-            export=dict(data.get("export") or {}),
-            calibration=dict(data.get("calibration") or {}),
+            training=_optional_mapping(data, "training", where),
+            parity=_optional_mapping(data, "parity", where),
+            export=_optional_mapping(data, "export", where),
+            calibration=_optional_mapping(data, "calibration", where),
             extra={k: v for k, v in data.items() if k not in known},
         )
+        manifest.validate(where)
+        return manifest
+
+    # -- checking -----------------------------------------------------------------------------------
+    def validate(self, where: str = "manifest") -> None:
+        """Ranges, enumerations and cross-references the types alone do not catch: every value the runtime
+        divides by, allocates with or looks up is checked here, so a bad manifest fails when it is read (one
+        named key), never later in a search or a re-index. Raises ManifestError."""
+        model, audio, text = self.model, self.audio, self.text
+        if not NAME_PATTERN.fullmatch(model.name):
+            raise ManifestError(f"{where}: model.name {model.name!r} is not a slug (ASCII letters, digits, '.', "
+                                "'_', '-', starting with a letter or digit, at most 64 characters)")
+        if not VERSION_PATTERN.fullmatch(model.version):
+            raise ManifestError(f"{where}: model.version {model.version!r} is not a slug (ASCII letters, digits, "
+                                "'.', '-', starting with a letter or digit, at most 64 characters)")
+        for key in ("sample_rate", "max_segments", "embedding_dim", "n_mels", "n_fft", "win_length", "hop_length"):
+            _at_least(getattr(audio, key), 1, f"{where}: audio.{key}")
+        for key in ("segment_seconds", "window_seconds"):
+            _positive(getattr(audio, key), f"{where}: audio.{key}")
+        for key in ("fmin", "moment_seconds", "moment_hop_seconds"):
+            _at_least(getattr(audio, key), 0, f"{where}: audio.{key}")
+        if audio.fmax <= audio.fmin:
+            raise ManifestError(f"{where}: audio.fmax ({audio.fmax}) must be above audio.fmin ({audio.fmin})")
+        for key in ("segment_seconds", "moment_seconds"):
+            seconds = getattr(audio, key)
+            if seconds and round(seconds * audio.sample_rate) < 1:
+                raise ManifestError(f"{where}: audio.{key} ({seconds}) is shorter than one sample at "
+                                    f"{audio.sample_rate} Hz")
+        _bundle_path(text.tokenizer, f"{where}: text.tokenizer")
+        _at_least(text.max_tokens, 1, f"{where}: text.max_tokens")
+        _at_least(text.embedding_dim, 0, f"{where}: text.embedding_dim")
+        for name, spec in self.vectors.items():
+            at = f"{where}: vectors.{name}"
+            _at_least(spec.size, 1, f"{at}.size")
+            _one_of(spec.distance.lower(), DISTANCES, f"{at}.distance", spec.distance)
+            if spec.hnsw_m is not None:
+                _at_least(spec.hnsw_m, 0, f"{at}.hnsw_m")
+            _one_of(spec.datatype, DATATYPES, f"{at}.datatype")
+        needed = {"global": "every bundle", "tokens": "the rerank graph" if "rerank" in self.graphs else None,
+                  "moments": "the moments graph" if "moments" in self.graphs and audio.moment_seconds > 0 else None}
+        for name, why in needed.items():
+            if why and name not in self.vectors:
+                raise ManifestError(f"{where}: vectors: missing '{name}' (needed by {why})")
+        attention = self.heads.attention
+        if attention is not None:
+            _one_of(attention.variant, ATTENTION_VARIANTS, f"{where}: heads.attention.variant")
+            _at_least(attention.heads, 1, f"{where}: heads.attention.heads")
+            _at_least(attention.dim, 1, f"{where}: heads.attention.dim")
+            _one_of(attention.compare_to, COMPARE_TO, f"{where}: heads.attention.compare_to")
+        for graph, entry in self.graphs.items():
+            at = f"{where}: graphs.{graph}"
+            if not entry.files:
+                raise ManifestError(f"{at}.files: no file for any precision")
+            for precision, name in entry.files.items():
+                _bundle_path(name, f"{at}.files.{precision}")
+            if entry.default not in entry.files:
+                raise ManifestError(f"{at}.default: {entry.default!r} is not one of its files' precisions "
+                                    f"({', '.join(entry.files)})")
+            for key in ("inputs", "outputs"):
+                if not all(isinstance(v, str) for v in getattr(entry, key)):
+                    raise ManifestError(f"{at}.{key}: expected a list of names")
+        # Every file the runtime loads must be hashed: a file missing from `files` would be loaded unchecked.
+        referenced = {text.tokenizer: "text.tokenizer"}
+        for graph, entry in self.graphs.items():
+            for precision, name in entry.files.items():
+                referenced.setdefault(name, f"graphs.{graph}.files.{precision}")
+        for name, key in referenced.items():
+            if name not in self.files:
+                raise ManifestError(f"{where}: {key} names {name!r}, which is not listed (with its sha256) in files")
 
     # -- writing ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -195,10 +283,51 @@ def _mapping(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return _as_dict(data[key], f"{where}: {key}")
 
 
+def _optional_mapping(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key)
+    return {} if value is None else dict(_as_dict(value, f"{where}: {key}"))
+
+
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ManifestError(f"{where}: expected a number, found {value!r}")
+    if not math.isfinite(value):  # Python's json reads NaN and Infinity
+        raise ManifestError(f"{where}: expected a finite number, found {value!r}")
     return float(value)
+
+
+def _at_least(value: float, low: float, where: str) -> None:
+    if value < low:
+        raise ManifestError(f"{where}: must be {'positive' if low == 1 else f'at least {low}'}, found {value!r}")
+
+
+def _positive(value: float, where: str) -> None:
+    if not value > 0:
+        raise ManifestError(f"{where}: must be positive, found {value!r}")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], where: str, shown: str | None = None) -> None:
+    if value not in allowed:
+        raise ManifestError(f"{where}: {shown or value!r} is not one of {', '.join(allowed)}")
+
+
+def _sha256(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
+        raise ManifestError(f"{where}: expected a sha256 (64 lowercase hex digits), found {value!r}")
+    return value
+
+
+def _bundle_path(value: Any, where: str) -> str:
+    """A file named by the manifest: a relative path inside the bundle folder ('/'-separated, no '.' or '..'
+    parts, not absolute on any platform). Where it resolves to (symbolic links) is checked by hark.bundle."""
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{where}: expected a file name inside the bundle, found {value!r}")
+    parts = value.split("/")
+    if (PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive
+            or "\\" in value or "\0" in value or any(part in {"", ".", ".."} for part in parts)):
+        raise ManifestError(f"{where}: {value!r} is not a relative path inside the bundle "
+                            "(absolute paths and '..' are refused)")
+    return value
 
 
 def _check(value: Any, annotation: Any, where: str) -> Any:

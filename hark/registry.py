@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 from hark.bundle import MANIFEST, BundleError
+from hark.manifest import VERSION_PATTERN
 from hark.settings import Settings
 
 
@@ -22,16 +24,21 @@ def registered(settings: Settings) -> list[tuple[str, Path, str]]:
     found = []
     if root.is_dir():
         for folder in root.iterdir():
+            if _is_partial(folder):
+                continue  # a copy in progress (or an interrupted one): not registered
             manifest = folder / MANIFEST
             if manifest.is_file():
                 try:
                     data = json.loads(manifest.read_text())
+                    version = data["model"]["version"]
                     # The manifest's time has whole seconds: two bundles exported within one second are told
                     # apart by the manifest file's time (the registry's copy keeps it), not by their version hash.
-                    found.append((data["model"]["version"], folder, data.get("created_at", ""),
-                                  manifest.stat().st_mtime_ns))
-                except (json.JSONDecodeError, KeyError, OSError):
+                    created = str(data.get("created_at", ""))
+                    mtime = manifest.stat().st_mtime_ns
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, OSError):
                     continue
+                if isinstance(version, str) and VERSION_PATTERN.fullmatch(version):  # never list a path
+                    found.append((version, folder, created, mtime))
     return [item[:3] for item in sorted(found, key=lambda item: (item[2], item[3], item[0]))]
 
 
@@ -54,23 +61,87 @@ def resolve_bundle(settings: Settings, ref: str | None = None) -> Path:
 
 
 def register(settings: Settings, bundle_dir: str | Path) -> Path:
-    """Copy a verified bundle into the registry as `<name>-<version>`; registering twice is a no-op."""
-    import shutil
+    """Copy a verified bundle into the registry as `<name>-<version>`; registering twice is a no-op.
 
+    The copy is made in a hidden temporary folder beside the registry's bundles and renamed into place, so the
+    registry never lists a partial copy; the temporary folder is removed whatever happens. A folder already at
+    the target is kept when it is this bundle's verified copy and replaced only when it is empty; anything
+    else there is refused with a message, never overwritten.
+    """
     from hark.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir, verify_hashes=True)
-    target = Path(settings.models_dir) / f"{bundle.name}-{bundle.version}"
-    if (target / MANIFEST).is_file():
-        Bundle.load(target, verify_hashes=True)  # an existing copy must still verify
+    models = Path(settings.models_dir)
+    # The manifest allows only slugs as name and version (hark.manifest): the target is a child of `models`.
+    target = models / f"{bundle.name}-{bundle.version}"
+    if target.parent != models or _is_partial(target):
+        raise BundleError(f"{bundle.root}: model name {bundle.name!r} and version {bundle.version!r} do not make "
+                          "a registry folder name")
+    if _already_registered(target, bundle):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(bundle.root, tmp)
-    tmp.rename(target)
+    models.mkdir(parents=True, exist_ok=True)
+    _remove_legacy_partial(target)
+    tmp = models / f".{target.name}.{os.getpid()}.{time.time_ns()}.tmp"
+    try:
+        _copy_listed(bundle, tmp)
+        try:
+            os.rename(tmp, target)  # atomic; replaces nothing but an empty folder
+        except OSError as exc:
+            if _already_registered(target, bundle):  # another process registered it meanwhile
+                return target
+            raise BundleError(f"cannot register {bundle.root} as {target}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_partial(folder: Path) -> bool:
+    """A registration's temporary copy: hidden `.<name>.<pid>.<ns>.tmp`, or `<name>.tmp` of older versions."""
+    return folder.name.startswith(".") or folder.name.endswith(".tmp")
+
+
+def _already_registered(target: Path, bundle) -> bool:
+    """True when `target` holds this bundle's verified copy; False when nothing (or an empty folder, which is
+    removed) is there. Anything else at `target` is a BundleError that says what to do."""
+    from hark.bundle import Bundle
+
+    if not (target.exists() or target.is_symlink()):
+        return False
+    if (target / MANIFEST).is_file():
+        try:
+            existing = Bundle.load(target, verify_hashes=True)
+        except BundleError as exc:
+            raise BundleError(f"{target} is registered but no longer verifies ({exc}); remove it and register "
+                              "again") from exc
+        if (existing.name, existing.version) != (bundle.name, bundle.version):
+            raise BundleError(f"{target} holds model {existing.name} version {existing.version}, not "
+                              f"{bundle.name} version {bundle.version}; move it away and register again")
+        return True
+    if target.is_dir() and not target.is_symlink():
+        try:
+            target.rmdir()  # an empty folder (mkdir, or a copy that never started): nothing is lost
+            return False
+        except OSError:
+            pass
+    raise BundleError(f"{target} already exists and is not a registered bundle (no {MANIFEST}); it is left "
+                      "as it is: move it away or remove it, then register again")
+
+
+def _remove_legacy_partial(target: Path) -> None:
+    """Older versions copied to `<target>.tmp` and left it behind when the copy failed."""
+    legacy = target.with_name(target.name + ".tmp")
+    if legacy.is_dir() and not legacy.is_symlink():
+        shutil.rmtree(legacy, ignore_errors=True)
+
+
+def _copy_listed(bundle, tmp: Path) -> None:
+    """The manifest and the files it lists (verified, all inside the bundle folder), nothing else."""
+    tmp.mkdir()
+    for name in [MANIFEST, *bundle.manifest.files]:
+        dest = tmp / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle.root / name, dest)
 
 
 def registered_folder(settings: Settings, version: str) -> Path | None:

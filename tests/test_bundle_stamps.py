@@ -17,6 +17,7 @@ import hark.bundle as bundle_mod
 from hark.bundle import STAMPS, Bundle, BundleError
 
 CONTENT = b"not really onnx, but hashed like it " * 64
+TOKENIZER = b"{}"  # listed (every file a manifest names is), never loaded here
 
 
 @pytest.fixture
@@ -35,12 +36,14 @@ def hashes(monkeypatch):
 
 
 def _manifest(sha: str) -> dict:
-    return replace(sample(), files={"text.onnx": sha}).to_dict()
+    return replace(sample(), files={"text.onnx": sha,
+                                    "tokenizer.json": hashlib.sha256(TOKENIZER).hexdigest()}).to_dict()
 
 
 def _bundle(folder, content: bytes = CONTENT):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "text.onnx").write_bytes(content)
+    (folder / "tokenizer.json").write_bytes(TOKENIZER)
     (folder / "manifest.json").write_text(json.dumps(_manifest(hashlib.sha256(content).hexdigest())))
     return folder
 
@@ -150,4 +153,4 @@ def test_the_bundle_folder_is_left_exactly_as_exported(tmp_path, hashes, monkeyp
     folder = _bundle(tmp_path / "b")
     _age(folder, monkeypatch)
     _use(folder, tmp_path / "state")
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "text.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "text.onnx", "tokenizer.json"]
