@@ -53,6 +53,8 @@ def test_console_script_runs():
     (["train", "BINARY", "--data", ".", "--out", "OUT"], "not a config"),
     (["train", "tiny", "--data", ".", "--out", "FILE"], "is a file, not a folder"),
     (["report", "BADRUN"], "'epoch' must be a number"),
+    # A name the bundle's manifest refuses: the export after training failed its own verify.
+    (["train", "tiny", "--data", ".", "--out", "OUT", "name=my model/1"], "name 'my model/1' must be"),
 ])
 def test_bad_input_gives_one_error_line(capsys, tmp_path, argv, message):
     (tmp_path / "binary.pt").write_bytes(bytes(range(256)))

@@ -195,6 +195,12 @@ class ModelConfig:
         return config
 
     def validate(self, source: str = "config") -> None:
+        from hark.manifest import NAME_PATTERN
+
+        # The name becomes the bundle's model name, which a manifest requires to be a slug (registry folders).
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(f"{source}: name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                              "(it names the model bundle), starting with a letter or digit")
         if self.audio.weights not in {"swa", "net"}:
             raise ConfigError(f"{source}: audio.weights must be swa or net")
         if self.heads.attention not in {"none", "sentence", "full"}:
