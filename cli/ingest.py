@@ -53,6 +53,20 @@ def _check_collection_name(name: str) -> None:
         raise CLIError(f"--collection: {exc}") from None
 
 
+def _check_window(settings: Any, bundle: str) -> None:
+    """HARK_WINDOW_SECONDS longer than the bundle's encoder takes failed every file of the job, one by one, each to
+    the dead-letter list: refuse it before anything is queued."""
+    if not settings.window_seconds:
+        return
+    from hark.bundle import Bundle
+
+    loaded = Bundle.load(bundle, verify_hashes=False)
+    longest = loaded.segment_samples * loaded.max_segments
+    if round(settings.window_seconds * loaded.sample_rate) > longest:
+        raise CLIError(f"HARK_WINDOW_SECONDS={settings.window_seconds:g} is longer than the bundle's window "
+                       f"({longest / loaded.sample_rate:g} s at most)")
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -68,6 +82,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     _check_collection_name(collection)
     meta = parse_meta(args.meta)
     bundle = str(bundle_for_collection(settings, collection, args.bundle).resolve())
+    _check_window(settings, bundle)
     items = [Item(path, dict(meta)) for path in files]
     if not settings.broker_url and settings.embedded_qdrant:
         from hark.store import connect

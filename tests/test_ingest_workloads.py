@@ -217,6 +217,24 @@ def test_broken_symlink_is_a_failed_file_and_the_rest_go_on(fast_bundle, tmp_pat
     assert str(link) in collect_files([tmp_path])
 
 
+def test_a_window_longer_than_the_bundle_takes_is_refused_before_queueing(fast_bundle, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Every file of the job failed with it, one by one, onto the dead-letter list."""
+    from hark.cli import main
+    from hark.workers.jobs import job_store
+
+    good = clip(tmp_path / "good.wav", 3.0, 3)
+    settings = settings_for(tmp_path)
+    for key in ("HARK_QDRANT_PATH", "HARK_STATE_DIR", "HARK_MODELS_DIR"):
+        monkeypatch.setenv(key, getattr(settings, key[5:].lower()))
+    monkeypatch.delenv("HARK_BROKER_URL", raising=False)
+    monkeypatch.setenv("HARK_WINDOW_SECONDS", "3600")
+    code = main(["ingest", str(good), "--bundle", str(fast_bundle), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "HARK_WINDOW_SECONDS=3600 is longer than the bundle's window" in err, err
+    assert job_store(settings).jobs() == [] and job_store(settings).dead_letters() == []
+
+
 def test_pipes_and_devices_fail_at_once_and_the_rest_go_on(fast_bundle, tmp_path):
     """A named pipe (no writer) and /dev/zero hung `hark ingest`: hashing the file never ended."""
     import os
