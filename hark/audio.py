@@ -13,13 +13,15 @@ anything unusable raises `AudioDecodeError` with a reason a person can act on.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import os
 import re
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -153,17 +155,19 @@ def _text_kind(head: bytes) -> str | None:
     return "plain text"
 
 
-def _reader(source: Source):
-    """read(offset, size) over a path or an in-memory file: chunk walks seek instead of reading whole files."""
+@contextlib.contextmanager
+def _reader(source: Source) -> Iterator[Callable[[int, int], bytes]]:
+    """read(offset, size) over a path or an in-memory file, one open handle for the whole walk: chunk and page
+    walks seek instead of reading whole files."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = memoryview(source)
-        return lambda offset, size: bytes(data[offset:offset + size])
-
-    def read(offset: int, size: int) -> bytes:
-        with open(os.fspath(source), "rb") as handle:
+        yield lambda offset, size: bytes(data[offset:offset + size])
+        return
+    with open(os.fspath(source), "rb") as handle:
+        def read(offset: int, size: int) -> bytes:
             handle.seek(offset)
             return handle.read(size)
-    return read
+        yield read
 
 
 # Ogg pages a chain check walks (a page holds up to 64 KiB; 4-8 KiB in practice): hours of audio.
@@ -181,12 +185,15 @@ def _declared_frames(source: Source, head: bytes) -> int | None:
     still holds the length the writer meant. Chunks are walked through the file (a data chunk may lie after a
     large metadata chunk, beyond the head)."""
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        return _riff_frames(_reader(source), rf64=head[:4] == b"RF64")
-    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return _aiff_frames(_reader(source), aifc=head[8:12] == b"AIFC")
-    if head[:4] == b"riff" and head[24:28] == b"wave":
-        return _w64_frames(_reader(source))
-    return None
+        walk = functools.partial(_riff_frames, rf64=head[:4] == b"RF64")
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        walk = functools.partial(_aiff_frames, aifc=head[8:12] == b"AIFC")
+    elif head[:4] == b"riff" and head[24:28] == b"wave":
+        walk = _w64_frames
+    else:
+        return None
+    with _reader(source) as read:
+        return walk(read)
 
 
 def _riff_frames(read, rf64: bool) -> int | None:
@@ -366,23 +373,19 @@ def _ogg_chained(source: Source) -> bool:
     """Whether an Ogg file chains several streams one after another (a radio recording): a stream begins after
     another has ended. libsndfile decodes only the first and FFmpeg all of them; the last page's length is the
     last stream's alone. Walks the page headers (a seek per page), not the audio."""
-    read = _reader(source)
-    offset, started, ended = 0, set(), False
-    for _ in range(_MAX_OGG_PAGES):
-        header = read(offset, 27)
-        if len(header) < 27 or header[:4] != b"OggS":
-            return False
-        lacing = read(offset + 27, header[26])
-        if len(lacing) < header[26]:
-            return False
-        flags, serial = header[5], header[14:18]
-        if flags & 0x02:  # beginning of a stream
-            if ended:
+    offset, ended = 0, False
+    with _reader(source) as read:
+        for _ in range(_MAX_OGG_PAGES):
+            header = read(offset, 27)
+            if len(header) < 27 or header[:4] != b"OggS":
+                return False
+            lacing = read(offset + 27, header[26])
+            if len(lacing) < header[26]:
+                return False
+            if header[5] & 0x02 and ended:  # a stream begins after one has ended
                 return True
-            started.add(serial)
-        if flags & 0x04:  # end of a stream
-            ended = True
-        offset += 27 + header[26] + sum(lacing)
+            ended = ended or bool(header[5] & 0x04)
+            offset += 27 + header[26] + sum(lacing)
     return False
 
 
