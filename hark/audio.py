@@ -29,6 +29,7 @@ import soundfile as sf
 import soxr
 
 from hark.errors import SourcedError
+from hark.sources import special_kind
 
 SAMPLE_RATE = 32000
 log = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ def _read_head(source: Source, label: str) -> bytes:
             raise AudioDecodeError(label, f"cannot open the file ({exc.strerror or exc})") from None
         if stat.S_ISDIR(mode):
             raise AudioDecodeError(label, "is a directory, not an audio file")
-        if not stat.S_ISREG(mode):
-            # A named pipe blocks the read forever; a device (/dev/zero) never ends.
-            raise AudioDecodeError(label, f"is {_file_kind(mode)}, not a regular file")
+        kind = special_kind(mode)
+        if kind:
+            raise AudioDecodeError(label, f"is {kind}, not a regular file")
         try:
             with path.open("rb") as handle:
                 head = handle.read(_HEAD_BYTES)
@@ -121,16 +122,6 @@ def _read_head(source: Source, label: str) -> bytes:
         # FFmpeg's MP3 probe reads a file of zeros whole (twice its size in memory) before giving up.
         raise AudioDecodeError(label, f"not an audio file: the first {_HEAD_BYTES // 1024} KiB are all zero bytes")
     return head
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
 
 
 def _text_kind(head: bytes) -> str | None:

@@ -102,13 +102,10 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def _special_kind(path: Path) -> str | None:
-    """What a local path that exists but is not a regular file is (None for a regular file)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None  # opening it reports the reason
-    if stat.S_ISREG(mode):
+def special_kind(mode: int) -> str | None:
+    """What a file of this `st_mode` is when it is not a regular file or a folder ("a named pipe", "a device",
+    ...); None for those two. Reading a pipe blocks forever, a device (/dev/zero) never ends: neither is audio."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     if stat.S_ISFIFO(mode):
         return "a named pipe"
@@ -186,8 +183,11 @@ def open_source(source: str | os.PathLike) -> Iterator[IO[bytes]]:
             raise SourceError(text, "is a directory, not an audio file")
         if not local.exists():
             raise SourceError(text, _local_missing_reason(local))
-        kind = _special_kind(local)
-        if kind:  # a named pipe blocks the read forever; a device (/dev/zero) never ends
+        try:
+            kind = special_kind(local.stat().st_mode)
+        except OSError:
+            kind = None  # opening it reports the reason
+        if kind:
             raise SourceError(text, f"is {kind}, not a regular file")
         try:
             handle = local.open("rb")
