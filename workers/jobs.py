@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from hark.errors import SourcedError
+from hark.errors import SourcedError, json_excerpt
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class FileJobStore:
         except (OSError, ValueError) as exc:  # ValueError: broken JSON, bytes that are not UTF-8
             raise StateFileError(str(path), f"unreadable ({exc})") from exc
         if not isinstance(data, dict):
-            raise StateFileError(str(path), f"expected a JSON object, found {_shape(data)}")
+            raise StateFileError(str(path), f"expected a JSON object, found {json_excerpt(data)}")
         return data
 
     def _job(self, job_id: str) -> Path:
@@ -350,12 +350,6 @@ class FileJobStore:
         return counts[key]
 
 
-def _shape(data: Any) -> str:
-    """A short description of a JSON value, for an error message."""
-    text = json.dumps(data)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -364,18 +358,18 @@ def _job_problem(data: dict[str, Any]) -> str | None:
     """What is wrong with a job record (as `FileJobStore.create` / `record` write it), None when nothing."""
     meta, files = data.get("meta"), data.get("files")
     if not isinstance(meta, dict) or not isinstance(files, dict):
-        return f'expected {{"meta": {{...}}, "files": {{...}}}}, found {_shape(data)}'
+        return f'expected {{"meta": {{...}}, "files": {{...}}}}, found {json_excerpt(data)}'
     for key in ("id", "collection"):
         if not isinstance(meta.get(key), str):
-            return f"meta.{key} is {_shape(meta.get(key))}, not text"
+            return f"meta.{key} is {json_excerpt(meta.get(key))}, not text"
     if not isinstance(meta.get("total"), int) or isinstance(meta["total"], bool) or meta["total"] < 0:
-        return f"meta.total is {_shape(meta.get('total'))}, not a count"
+        return f"meta.total is {json_excerpt(meta.get('total'))}, not a count"
     if "created" in meta and not _is_number(meta["created"]):
-        return f"meta.created is {_shape(meta['created'])}, not a time"
+        return f"meta.created is {json_excerpt(meta['created'])}, not a time"
     for path, outcome in files.items():
         if (not isinstance(outcome, dict) or outcome.get("status") not in STATES
                 or not isinstance(outcome.get("reason", ""), str)):
-            return f"the outcome of {path} is {_shape(outcome)}"
+            return f"the outcome of {path} is {json_excerpt(outcome)}"
     return None
 
 
@@ -393,12 +387,12 @@ def _unreadable_job(path: Path, reason: str) -> dict[str, Any]:
 def _dead_letter_problem(key: Any, entry: Any) -> str | None:
     """What is wrong with one entry of the dead-letter list (as `dead_letter_entry` makes it), None when nothing."""
     if not isinstance(entry, dict):
-        return f"entry {key} is {_shape(entry)}, not an object"
+        return f"entry {key} is {json_excerpt(entry)}, not an object"
     for field in _DEAD_LETTER_FIELDS:
         if not isinstance(entry.get(field), str):
-            return f"entry {key}: {field} is {_shape(entry.get(field))}, not text"
+            return f"entry {key}: {field} is {json_excerpt(entry.get(field))}, not text"
     if not isinstance(entry.get("meta") or {}, dict):
-        return f"entry {key}: meta is {_shape(entry['meta'])}, not an object"
+        return f"entry {key}: meta is {json_excerpt(entry['meta'])}, not an object"
     return None
 
 

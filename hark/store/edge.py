@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from hark.errors import json_excerpt
 from hark.store.errors import StoreError, StoreUnavailableError
 from hark.store.filters import edge_point_id, to_edge
 from hark.store.rowcache import RowCache
@@ -127,12 +128,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-
-
-def _shape(data: Any) -> str:
-    """A short description of a JSON value of the wrong shape, for an error message."""
-    text = json.dumps(data)
-    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _fsync_dir(path: Path) -> None:
@@ -435,7 +430,7 @@ class EdgeStore:
         if not isinstance(aliases, dict) or not all(isinstance(a, str) and isinstance(c, str)
                                                     for a, c in aliases.items()):
             raise StoreError(f"cannot read {path}: expected {{\"aliases\": {{alias: collection, ...}}}} with "
-                             f"text names, found {_shape(data)}")
+                             f"text names, found {json_excerpt(data)}")
         return dict(aliases)
 
     def _write_aliases(self, aliases: dict[str, str]) -> None:
