@@ -196,19 +196,21 @@ def _strip_audio_suffix(name: str) -> str:
     return stem if ext.lower() in AUDIO_EXTENSIONS else name
 
 
-def _warn_missing(annotation: Path, names: Sequence[str]) -> None:
+def _warn_skipped(annotation: Path, names: Sequence[str], what: str) -> None:
+    """One warning per annotation file for the clips it names that were skipped, the first few by name."""
     if not names:
         return
     shown = ", ".join(names[:_MISSING_LISTED])
     more = f" and {len(names) - _MISSING_LISTED} more" if len(names) > _MISSING_LISTED else ""
-    log.warning("%s: %d listed audio file(s) not found, skipped: %s%s", annotation, len(names), shown, more)
+    log.warning("%s: %d %s, skipped: %s%s", annotation, len(names), what, shown, more)
+
+
+def _warn_missing(annotation: Path, names: Sequence[str]) -> None:
+    _warn_skipped(annotation, names, "listed audio file(s) not found")
 
 
 def _warn_uncaptioned(annotation: Path, names: Sequence[str]) -> None:
-    if names:
-        shown = ", ".join(names[:_MISSING_LISTED])
-        more = f" and {len(names) - _MISSING_LISTED} more" if len(names) > _MISSING_LISTED else ""
-        log.warning("%s: %d clip(s) have only empty captions, skipped: %s%s", annotation, len(names), shown, more)
+    _warn_skipped(annotation, names, "clip(s) have only empty captions")
 
 
 def _first_existing(candidates: Iterable[Path]) -> list[Path]:
