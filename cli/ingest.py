@@ -43,12 +43,12 @@ def print_job(status: dict[str, Any], as_json: bool) -> None:
 def _check_collection_name(name: str) -> None:
     """Refuse a name the store would refuse, before any file is queued (each file failed with it, one by one, and
     went to the dead-letter list). The versioned collection adds `__<version>` to it."""
-    from hark.store.edge import _validate_name
+    from hark.store.edge import validate_name
     from hark.store.errors import StoreError
 
     try:
-        _validate_name(name)
-        _validate_name(f"{name}__{'0' * 16}")
+        validate_name(name)
+        validate_name(f"{name}__{'0' * 16}")
     except StoreError as exc:
         raise CLIError(f"--collection: {exc}") from None
 

@@ -97,7 +97,7 @@ class CollectionNotFoundError(NotFoundError):
     """No collection (or alias) of that name."""
 
 
-def _validate_name(name: str, what: str = "collection") -> str:
+def validate_name(name: str, what: str = "collection") -> str:
     # Names become folder names: nothing that could leave `collections/` or hide a file, and nothing the
     # filesystem refuses (its limit is 255 bytes, not characters; a lone surrogate has no UTF-8 form).
     if not isinstance(name, str) or not name:
@@ -268,7 +268,7 @@ class EdgeStore:
 
     def _is_collection(self, name: str) -> bool:
         try:
-            _validate_name(name)
+            validate_name(name)
         except StoreError:
             return False
         return (self._collection_dir(name) / "edge_config.json").is_file()
@@ -316,7 +316,7 @@ class EdgeStore:
         import qdrant_edge as qe
 
 
-        _validate_name(collection_name)
+        validate_name(collection_name)
         if quantization_config is not None:
             raise StoreError("quantization_config is not supported by the embedded store")
         if vectors_config is None:
@@ -471,7 +471,7 @@ class EdgeStore:
             aliases = self._read_aliases()
             for op in change_aliases_operations:
                 if isinstance(op, models.CreateAliasOperation):
-                    alias = _validate_name(op.create_alias.alias_name, "alias")
+                    alias = validate_name(op.create_alias.alias_name, "alias")
                     target = op.create_alias.collection_name
                     if not self._is_collection(target):
                         raise CollectionNotFoundError(f"Collection `{target}` doesn't exist!")
@@ -482,7 +482,7 @@ class EdgeStore:
                     if aliases.pop(op.delete_alias.alias_name, None) is None:
                         raise StoreError(f"Alias `{op.delete_alias.alias_name}` does not exist")
                 elif isinstance(op, models.RenameAliasOperation):
-                    old, new = op.rename_alias.old_alias_name, _validate_name(op.rename_alias.new_alias_name, "alias")
+                    old, new = op.rename_alias.old_alias_name, validate_name(op.rename_alias.new_alias_name, "alias")
                     if old not in aliases:
                         raise StoreError(f"Alias `{old}` does not exist")
                     if self._is_collection(new):
