@@ -157,6 +157,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             raise CLIError(f"no job {args.job}") from None
         print_job(status, args.json)
         return 0
+    from hark.workers.jobs import UNREADABLE
+
     jobs = store.jobs()
     if args.json:
         print_json([_shown(j, {"finished", "failures"}) for j in jobs])
@@ -164,7 +166,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         for job in jobs:
             print(f"{job['id']}  {job['state']:8s} {job['collection']:16s} total {job['total']:5d}  "
                   f"ingested {job['ingested']:5d}  duplicates {job['duplicate']:5d}  failed {job['failed']:5d}")
-    return 0
+    # The other jobs are still listed, but a script must learn that one record could not be read (its files'
+    # outcomes are unknown until it is repaired): say why on stderr and exit 1, as `hark ingest` does for a failure.
+    broken = [job for job in jobs if job["state"] == UNREADABLE]
+    for job in broken:
+        print(f"hark: job {job['id']}: {job['error']}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def cmd_failed(args: argparse.Namespace) -> int:

@@ -109,12 +109,18 @@ def test_jobs_and_failed_commands_with_broken_state_files(cli_state, capsys):
     store = _two_jobs(cli_state)
     store.dead_letter(dead_letter_entry("good", "/b.wav", "not audio", "songs", "/bundles/v1"))
     (cli_state / "jobs" / "bad.json").write_text("{bad")
-    assert main(["jobs", "--json"]) == 0
-    listed = {job["id"]: job["state"] for job in json.loads(capsys.readouterr().out)}
+    assert main(["jobs", "--json"]) == 1  # listed, but a script must learn that a record is broken
+    captured = capsys.readouterr()
+    listed = {job["id"]: job["state"] for job in json.loads(captured.out)}
     assert listed == {"good": "done", "bad": "unreadable"}
-    assert main(["jobs"]) == 0
+    assert captured.err.strip().startswith("hark: job bad: ") and "bad.json" in captured.err
+    assert main(["jobs"]) == 1
     out = capsys.readouterr().out
     assert "good" in out and "unreadable" in out
+    (cli_state / "jobs" / "bad.json").unlink()
+    assert main(["jobs"]) == 0
+    capsys.readouterr()
+    (cli_state / "jobs" / "bad.json").write_text("{bad")
     assert main(["jobs", "bad"]) == 2
     assert main(["jobs", "good"]) == 0
     capsys.readouterr()
