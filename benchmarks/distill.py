@@ -19,7 +19,7 @@ default generator only. `--jobs N` trains N models at a time (one process each, 
 
     python benchmarks/distill.py [--clips 300 100 100] [--epochs 9] [--teacher-epochs 29] [--students 0 4 5]
                                  [--stage2 both|continue|scratch] [--stage2-epochs 3] [--stage2-lr 2e-4]
-                                 [--kd-lambda 1] [--jobs 2] [--threads 1] [--teacher-heads same|report]
+                                 [--kd-lambda 1] [--jobs 2] [--threads 1] [--teacher-heads same|report|linear]
                                  [--teachers-from RUN] [--device cuda]
 """
 
@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-epochs", type=int, default=None, help="teachers' epochs (default: --epochs)")
     parser.add_argument("--students", nargs="+", type=int, default=[0], help="student seeds")
     parser.add_argument("--teachers", nargs=3, type=int, default=[1, 2, 3], help="teacher seeds")
-    parser.add_argument("--teacher-heads", choices=["same", "report"], default="same",
+    parser.add_argument("--teacher-heads", choices=["same", "report", "linear"], default="same",
                         help="same: the config's heads for every teacher; report: the report's three systems "
-                             "(cosine bi-encoder, sentence-token attention, full-text attention) at the config's size")
+                             "(cosine bi-encoder, sentence-token attention, full-text attention) at the config's size; "
+                             "linear: the report's cosine and full-text systems and the linear model (`hark linear`)")
     parser.add_argument("--stage2-epochs", type=int, default=4)
     parser.add_argument("--stage2-lr", type=float, default=None, help="stage-2 peak lr (default: the config's)")
     parser.add_argument("--kd-lambda", type=float, default=1.0)
@@ -103,21 +104,24 @@ def main(argv: list[str] | None = None) -> int:
             return pool.submit(_job, args.device, args.threads, kind, args.config, overrides, init, teachers, data,
                                work / out)
 
-        heads = REPORT_HEADS if args.teacher_heads == "report" else [[]] * 3
+        heads = REPORT_HEADS if args.teacher_heads in ("report", "linear") else [[]] * 3
         home = args.teachers_from or work
+        neural = args.teachers if args.teacher_heads != "linear" else [args.teachers[0], args.teachers[2]]
         stage1 = {} if args.teachers_from else {
             ("teacher", s): submit("train", [*teacher_set, *h, f"train.seed={s}"], None, [], f"teacher{s}")
-            for s, h in zip(args.teachers, heads, strict=True)}
+            for s, h in zip(args.teachers, heads, strict=True) if s in neural}
         stage1 |= {("student", s): submit("train", [*student_set, f"train.seed={s}"], None, [], f"student{s}")
                    for s in args.students}
         teachers = [home / f"teacher{s}" / "best.pt" for s in args.teachers]
+        if args.teacher_heads == "linear":  # the linear model in place of the weakest (sentence-attention) system
+            teachers[1] = _fit_linear(data, args.config, work / "linear.npz")
         stage2 = [f"train.epochs={args.stage2_epochs}", "train.warmup_epochs=0"]
         if args.stage2_lr is not None:
             stage2.append(f"train.lr={args.stage2_lr}")
         # Stage 2 needs the teachers: wait for them (students' stage 1 may still be running).
         runs = {key: job.result() for key, job in stage1.items() if key[0] == "teacher"}
         if args.teachers_from:
-            runs |= {("teacher", s): {"history": _history(home / f"teacher{s}"), "cpu_s": 0.0} for s in args.teachers}
+            runs |= {("teacher", s): {"history": _history(home / f"teacher{s}"), "cpu_s": 0.0} for s in neural}
         jobs = {}
         for s in args.students:
             if args.stage2 in ("both", "scratch"):
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     wall, cpu = time.time() - wall0, _cpu() - cpu0 + sum(r["cpu_s"] for r in [*runs.values(), *results.values()])
 
     val = load_split([data], "validation")
-    members = [score_split(load_checkpoint(t)[0].to(args.device), val, progress=False) for t in teachers]
+    members = [_member_scores(t, val, args.device) for t in teachers]
     fused = ensemble([m.scores["prediction"] for m in members])
     report = {
         "corpus": str(data), "config": args.config, "student_overrides": student_set,
@@ -144,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         "kd_lambda": args.kd_lambda, "caption_noise": args.caption_noise,
         "stage2_lr": args.stage2_lr, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
-        "teachers_val_mAP@10": {f"seed{s}": _best(runs[("teacher", s)]["history"]) for s in args.teachers},
+        "teachers_val_mAP@10": {f"seed{s}": _best(runs[("teacher", s)]["history"]) for s in neural}
+        | ({"linear": round(retrieval_metrics(members[1].scores["prediction"], members[1].targets)["mAP@10"], 2)}
+           if args.teacher_heads == "linear" else {}),
         "teacher_ensemble_val_mAP@10": round(retrieval_metrics(fused, members[0].targets)["mAP@10"], 2),
         "stage2": args.stage2, "students": {},
     }
     test = load_split([data], "evaluation")
     relevance = read_relevance(data / "relevance_evaluation.csv")
-    test_members = [score_split(load_checkpoint(t)[0].to(args.device), test, progress=False) for t in teachers]
+    test_members = [_member_scores(t, test, args.device) for t in teachers]
     report["teacher_ensemble_eval"] = _eval_metrics(test_members[0], relevance,
                                                    ensemble([m.scores["prediction"] for m in test_members]))
     gains: dict[str, list[float]] = {"scratch": [], "continue": []}
@@ -232,6 +238,23 @@ def _eval_metrics(split, relevance: dict[str, list[str]], scores: np.ndarray | N
 def _eval_run(run: Path, test, relevance: dict[str, list[str]], device: str) -> dict[str, float]:
     model, _ = load_checkpoint(run / "best.pt")
     return _eval_metrics(score_split(model.to(device), test, progress=False), relevance)
+
+
+def _fit_linear(data: Path, config: str, out: Path) -> Path:
+    """The linear model (`hark linear`) fitted on the corpus' development split, on the students' mel front end."""
+    from hark.training.linear import fit_linear
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return fit_linear(load_split([data], "development"), load_config(config).audio).save(out)
+
+
+def _member_scores(teacher: Path, split, device: str):
+    """An ensemble member's scores of a split, as `score_split` orders them (a checkpoint or a linear model)."""
+    from hark.training.linear import LinearModel, is_linear_model
+
+    if is_linear_model(teacher):
+        return LinearModel.load(teacher).score_split(split)
+    return score_split(load_checkpoint(teacher)[0].to(device), split, progress=False)
 
 
 def _history(run: Path) -> list[dict]:

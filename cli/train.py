@@ -80,6 +80,52 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def cmd_linear(args: argparse.Namespace) -> int:
+    from hark.training.config import load_config
+    from hark.training.data.formats import load_split
+    from hark.training.linear import LinearConfig, fit_linear
+    from hark.training.metrics import retrieval_metrics
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise CLIError(f"--out {out}: a linear model file ends in .npz (that is how --teacher tells it apart)")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out {out} exists; give --overwrite to replace it")
+    audio = load_config(args.config).audio
+    examples = load_split(args.data, "development")
+    if not examples:
+        raise CLIError(f"no development examples in {', '.join(args.data)}")
+    config = LinearConfig(rank=args.rank, audio_reg=args.audio_reg, text_reg=args.text_reg, power=args.power,
+                          folds=args.folds)
+    model = fit_linear(examples, audio, config)
+    model.save(out)
+    summary = {"out": str(out), "clips": len(examples), "terms": len(model.vocabulary), "scale": model.scale}
+    validation = load_split(args.data, "validation")
+    if validation:
+        scores, targets, _ = model.split_scores(validation)
+        summary["val_mAP@10"] = round(retrieval_metrics(scores, targets)["mAP@10"], 2)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"linear model of {summary['clips']} clips and {summary['terms']} terms in {out}"
+              + (f"; validation mAP@10 {summary['val_mAP@10']:.2f}" if validation else ""))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hark.training import metrics
     from hark.training.data.formats import load_split
@@ -106,12 +152,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         with_relevance("scores", metrics.evaluate_scores(scores, queries, names, targets), scores, queries, names)
     else:
         from hark.training.evaluate import score_split, write_score_csv
+        from hark.training.linear import LinearModel, is_linear_model
         from hark.training.model import load_checkpoint
         from hark.training.run import pick_device
 
         device = pick_device(args.device)
         splits = []
         for path in args.checkpoint:
+            if is_linear_model(path):
+                splits.append(LinearModel.load(path).score_split(examples))
+                continue
             model, _ = load_checkpoint(path)
             splits.append(score_split(model.to(device), examples, progress=not args.quiet))
         if len(splits) == 1:
@@ -186,7 +236,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="train the student from scratch with this config (its seed, init and data order, as "
                             "`hark train` would), on the teachers' targets")
     p.add_argument("--teacher", action="append", required=True, metavar="CKPT",
-                   help="a teacher checkpoint; repeat for an ensemble")
+                   help="a teacher checkpoint, or a linear model file (.npz, from `hark linear`); repeat for an "
+                        "ensemble")
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
     add_device(p, "torch device")
@@ -195,12 +246,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.set_defaults(func=cmd_distill)
 
+    p = sub.add_parser("linear", help="fit the linear model (spectral statistics + words, CCA): a baseline and "
+                       "a distillation teacher",
+                       description="Fits per-band log-mel statistics and a bag of words (and word pairs) by "
+                       "regularised CCA on the development split, in seconds, calibrates its scores to the "
+                       "contrastive temperature, and writes one .npz file that `hark distill --teacher` takes. "
+                       "Prints its validation mAP@10 when the data has a validation split.")
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="the model file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--config", default="tiny", metavar="NAME_OR_JSON",
+                   help="the config whose mel front end the features use: the student's (default tiny)")
+    p.add_argument("--rank", type=_positive_int, default=32, help="canonical components kept (32)")
+    p.add_argument("--audio-reg", type=_positive_float, default=1.0, help="ridge on the audio covariance (1.0)")
+    p.add_argument("--text-reg", type=_positive_float, default=0.01, help="ridge on the text covariance (0.01)")
+    p.add_argument("--folds", type=int, choices=[0, *range(2, 11)], default=4, metavar="K",
+                   help="cross-fitting folds (0, or 2-10; default 4): distillation then scores each training pair "
+                        "with a fit that did not see it")
+    p.add_argument("--power", type=_positive_float, default=4.0,
+                   help="components weighted by correlation to this power (4)")
+    add_common(p)
+    p.set_defaults(func=cmd_linear)
+
     p = sub.add_parser("evaluate", help="R@1/5/10, mAP@10 (and mAP@16) on a dataset split",
                        description="Score a split with one or more checkpoints (an ensemble averages the "
                        "members' predictions: each member's fusion-weighted mean of its heads), or score any "
                        "system's predictions from a score CSV (a `query` column, then one column per audio "
                        "file name). Relevance-file queries and files that do not match the split are reported.")
-    p.add_argument("--checkpoint", action="append", metavar="CKPT", help="checkpoint file or run folder")
+    p.add_argument("--checkpoint", action="append", metavar="CKPT",
+                   help="checkpoint file or run folder, or a linear model file (.npz); repeat for an ensemble")
     p.add_argument("--scores", metavar="CSV", help="score file to evaluate instead of a checkpoint")
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder")
     p.add_argument("--split", default="evaluation", help="split name (default: evaluation)")

@@ -13,6 +13,7 @@ import torch
 
 from hark.order import swap_order
 
+from .linear import LinearModel
 from .losses import DistillationLoss, NTXentLoss, OrderLoss
 from .model import AudioEncoding, RetrievalModel
 
@@ -104,10 +105,11 @@ class DistillationObjective:
 
     A teacher's prediction is `prediction(teacher, scores)`, the ensemble's the mean over teachers: the one
     meaning of "ensemble" in hark (`hark evaluate` with several checkpoints averages the same thing).
-    Teachers see the same crops and captions as the student, in eval mode, without gradients.
+    Teachers see the same crops and captions as the student, in eval mode, without gradients. A teacher may also be
+    a `LinearModel` (spectral statistics and words, `hark linear`): its calibrated scores count as a prediction.
     """
 
-    def __init__(self, model: RetrievalModel, teachers: Sequence[RetrievalModel], tau: float,
+    def __init__(self, model: RetrievalModel, teachers: Sequence[RetrievalModel | LinearModel], tau: float,
                  kd_lambda: float) -> None:
         if not teachers:
             raise ValueError("distillation needs at least one teacher")
@@ -119,6 +121,9 @@ class DistillationObjective:
     def teacher_scores(self, batch: dict[str, Any]) -> torch.Tensor:
         members = []
         for teacher in self.teachers:
+            if isinstance(teacher, LinearModel):  # its scores are calibrated to the same cosine scale
+                members.append(teacher.batch_scores(batch).to(self.model.device))
+                continue
             teacher.eval()
             scores = _encode(teacher, batch)
             members.append(prediction(teacher, scores))

@@ -14,6 +14,7 @@ import torch
 
 from .config import ModelConfig
 from .data.formats import Example, discover, load_split  # noqa: F401  (load_split: re-exported)
+from .linear import LinearModel, is_linear_model
 from .loop import RunResult, Trainer
 from .model import RetrievalModel, load_checkpoint, read_checkpoint, restore_model
 from .objectives import ContrastiveObjective, DistillationObjective
@@ -85,6 +86,15 @@ def train(cfg: ModelConfig, data_dirs: Sequence[str | Path], out_dir: Path, devi
     return _run(cfg, factory, data_dirs, out_dir, device, resume, None, progress, stop_after_steps)
 
 
+def load_teacher(path: Path, device: torch.device) -> RetrievalModel | LinearModel:
+    """A distillation teacher: a checkpoint, or a linear model file (`.npz`, what `hark linear` writes)."""
+    if is_linear_model(path):
+        return LinearModel.load(path)
+    model = load_checkpoint(path)[0].to(device)
+    model.requires_grad_(False)
+    return model
+
+
 def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str | Path], out_dir: Path,
             overrides: Sequence[str] = (), device: str = "auto", resume: bool = True,
             progress: bool = True, config: ModelConfig | None = None) -> RunResult:
@@ -100,14 +110,14 @@ def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str
         raise ValueError("distill needs the student's stage-1 checkpoint or a config to start from scratch")
     cfg = base.with_overrides(list(overrides)) if overrides else base
     dev = pick_device(device)
-    members = [load_checkpoint(path)[0].to(dev) for path in teachers]
-    for member in members:
-        member.requires_grad_(False)
+    members = [load_teacher(path, dev) for path in teachers]
     if cfg.train.mel_cache:  # the teachers read the student's cached power: it must be theirs too
         fields = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax")
         mine = [getattr(cfg.audio, f) for f in fields]
         for path, member in zip(teachers, members, strict=True):
-            if [getattr(member.cfg.audio, f) for f in fields] != mine:
+            if isinstance(member, LinearModel):
+                member.check_front_end(cfg.audio, str(path))
+            elif [getattr(member.cfg.audio, f) for f in fields] != mine:
                 raise ValueError(f"teacher {path} has another mel front end than the student; distill without "
                                  "train.mel_cache")
 
