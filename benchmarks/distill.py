@@ -253,7 +253,7 @@ def _member_scores(teacher: Path, split, device: str):
     from hark.training.linear import LinearModel, is_linear_model
 
     if is_linear_model(teacher):
-        return LinearModel.load(teacher).score_split(split)
+        return score_split(LinearModel.load(teacher), split)
     return score_split(load_checkpoint(teacher)[0].to(device), split, progress=False)
 
 

@@ -5,8 +5,10 @@ never tuned on), keeps the best epoch by validation mAP@10, and reports on the e
 mAP@10 (one target per caption, as validation), mAP@10/mAP@16 over the relevance file, order accuracy on
 held-out swapped pairs, and the training's wall time, CPU time (user + system of this process) and the load
 average around it (the machine may be shared: CPU time is the honest cost, wall time depends on the load).
+Beside it, the linear model (`hark linear`) fitted on the same development split, on the same evaluation metrics.
 
     python benchmarks/quality.py --variant b [--config tiny] [--set train.epochs=12 ...] [--clips 300 100 100]
+                                 [--linear-only]
 """
 
 from __future__ import annotations
@@ -80,6 +82,20 @@ def order_accuracy(model: RetrievalModel, pairs) -> dict[str, float]:
     return {name: float(np.mean(v)) for name, v in wins.items()}
 
 
+def linear_baseline(data: Path, config: str) -> dict[str, float]:
+    """The linear model (`hark linear`) on the same corpus: what every trained model is compared with."""
+    from hark.training.linear import fit_linear
+
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    model = fit_linear(load_split([data], "development"), load_config(config).audio)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    split = score_split(model, load_split([data], "evaluation"))
+    relevance = read_relevance(data / "relevance_evaluation.csv")
+    out = {f"linear_eval_{k}": round(v, 2) for k, v in split_metrics(split, relevance=relevance).items()}
+    out["linear_fit_cpu_s"] = round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 1)
+    return out
+
+
 def evaluate(run_dir: Path, data: Path, variant: str, n_pairs: int) -> dict[str, float]:
     model, _ = load_checkpoint(run_dir)
     split = score_split(model, load_split([data], "evaluation"), progress=False)
@@ -104,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: under --root)")
     parser.add_argument("--pairs", type=int, default=60, help="swapped pairs for order accuracy")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--linear-only", action="store_true", help="only the linear model (no training)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = corpus(args.root, args.variant, tuple(args.clips), args.seed)
+    if args.linear_only:
+        print(json.dumps({"variant": args.variant, "corpus": str(data), **linear_baseline(data, args.config)}))
+        return 0
     cfg = load_config(args.config, list(args.set))
     out = args.out or args.root / f"run_{args.variant}_{int(time.time())}"
     load_before = os.getloadavg()
@@ -123,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_mAP@10_by_epoch": [round(h.get("val_mAP@10", float("nan")), 2) for h in result.history],
     }
     report.update(evaluate(out, data, args.variant, args.pairs))
+    report.update(linear_baseline(data, args.config))
     print(json.dumps(report))
     return 0
 

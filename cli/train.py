@@ -159,11 +159,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
         splits = []
         for path in args.checkpoint:
-            if is_linear_model(path):
-                splits.append(LinearModel.load(path).score_split(examples))
-                continue
-            model, _ = load_checkpoint(path)
-            splits.append(score_split(model.to(device), examples, progress=not args.quiet))
+            model = LinearModel.load(path) if is_linear_model(path) else load_checkpoint(path)[0].to(device)
+            splits.append(score_split(model, examples, progress=not args.quiet))
         if len(splits) == 1:
             split = splits[0]
             for head, scores in split.scores.items():

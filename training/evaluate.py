@@ -15,6 +15,7 @@ from hark.audio import AudioDecodeError, decode_audio
 
 from . import metrics
 from .data.formats import Example
+from .linear import LinearModel
 from .model import RetrievalModel
 from .objectives import prediction
 
@@ -45,9 +46,20 @@ def _load_clips(examples: Sequence[Example], sample_rate: int, max_seconds: floa
     return kept, clips, skipped
 
 
+def _score_linear(model: LinearModel, examples: Sequence[Example]) -> ScoredSplit:
+    """The linear model's scores are its "fused" and its "prediction" ones (it has no heads)."""
+    scores, targets, kept = model.split_scores(examples)
+    names = {ex.audio_path.name for ex in kept}
+    return ScoredSplit([c for ex in kept for c in ex.captions], [ex.audio_path.name for ex in kept], targets,
+                       {"fused": scores, "prediction": scores},
+                       [ex.audio_path.name for ex in examples if ex.audio_path.name not in names])
+
+
 @torch.no_grad()
-def score_split(model: RetrievalModel, examples: Sequence[Example], batch_size: int = 16,
+def score_split(model: RetrievalModel | LinearModel, examples: Sequence[Example], batch_size: int = 16,
                 progress: bool = True, clips: list[np.ndarray] | None = None) -> ScoredSplit:
+    if isinstance(model, LinearModel):
+        return _score_linear(model, examples)
     cfg = model.cfg.audio
     skipped: list[str] = []
     if clips is None:

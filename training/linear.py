@@ -3,11 +3,11 @@
 It trains in seconds from the development split alone and sees audio and text nothing like the neural towers do
 (per-band log-mel statistics of the whole crop; word and word-pair counts), which is what makes it a useful
 distillation teacher beside neural ones: an ensemble gains from members that err differently. On the synthetic
-corpus it is also strong (benchmarks/README.md, distillation), so it is a baseline that every trained model should
-be compared with.
+corpora it is also strong (benchmarks/README.md, "The linear model"), so it is the baseline that every trained
+model there is compared with.
 
 Scores are cosines in the canonical space, components weighted by their correlation to the power `power`, times a
-scale fitted on the development split so that softmax(score / tau) is calibrated there: on the cosine scale the
+scale fitted so that softmax(score / tau) is calibrated on held-out development scores: on the cosine scale the
 neural models' predictions are on, so that an ensemble can average them.
 """
 
@@ -227,16 +227,6 @@ class LinearModel:
         queries = [c for ex in kept for c in ex.captions]
         targets = np.array([i for i, ex in enumerate(kept) for _ in ex.captions])
         return self.scores_from_features(queries, self.wave_features(clips)), targets, kept
-
-    def score_split(self, examples: Sequence[Example]):
-        """`evaluate.score_split`'s result for this model: its scores are the "fused" and the "prediction" ones."""
-        from .evaluate import ScoredSplit
-
-        scores, targets, kept = self.split_scores(examples)
-        names = {ex.audio_path.name for ex in kept}
-        skipped = [ex.audio_path.name for ex in examples if ex.audio_path.name not in names]
-        return ScoredSplit([c for ex in kept for c in ex.captions], [ex.audio_path.name for ex in kept], targets,
-                           {"fused": scores, "prediction": scores}, skipped)
 
     def check_front_end(self, audio: AudioConfig, name: str) -> None:
         """Refuse a student whose cached mel power is not computed as this model's was."""
