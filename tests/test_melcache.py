@@ -129,3 +129,22 @@ def test_distillation_with_mel_cache_refuses_teachers_with_another_front_end(tmp
     with pytest.raises(ValueError, match=r"teacher .*teacher\.pt has another mel front end"):
         distill(None, [tmp_path / "teacher.pt"], [tmp_path / "no-data"], tmp_path / "out", device="cpu",
                 progress=False, config=student)
+
+
+@pytest.mark.parametrize("samples", [1, 100, 513])
+def test_a_clip_shorter_than_one_fft_frame_is_cached_like_any_other(model, tmp_path, samples):
+    """A 3 ms click is valid audio. Its whole-clip power used to raise in the STFT's reflection padding (the clip
+    is shorter than half an FFT frame), which stopped mel-cache training in the DataLoader."""
+    import soundfile as sf
+
+    from hark.training.data.formats import Example
+
+    path = tmp_path / "click.wav"
+    sf.write(path, np.full(samples, 0.5, dtype=np.float32), 32000)
+    item = _dataset([Example(path, ("a click",), "click", "clotho")], model)[0]
+    assert item["mel_power"].shape[0] == 128 and item["mel_power"].shape[1] >= 1
+    assert torch.isfinite(item["mel_power"]).all() and float(item["mel_power"].sum()) > 0
+    batch = collate([item])
+    with torch.no_grad():
+        segments, mask = model.audio.forward_power(batch["mel_power"], batch["frames"])
+    assert mask.any() and torch.isfinite(segments).all()

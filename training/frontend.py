@@ -61,6 +61,14 @@ class MelFrontEnd(nn.Module):
         """[B, T] waveform at the configured rate -> [B, n_mels, frames] normalised log mel."""
         return self.log(self.power(wave))
 
+    def clip_power(self, wave: torch.Tensor) -> torch.Tensor:
+        """`power` of a whole clip or a padded batch [B, T] of any length. The centred STFT reflects half a frame
+        at each end, so a signal shorter than that (a click of a few ms) is zero-padded to it first."""
+        short = self.n_fft // 2 + 2 - wave.shape[-1]
+        if short > 0:
+            wave = nn.functional.pad(wave, (0, short))
+        return self.power(wave)
+
     def power(self, wave: torch.Tensor) -> torch.Tensor:
         """[B, T] waveform -> [B, n_mels, frames] mel power (before the log): linear in the signal's power, so
         a gain g scales it by g^2 and frame f covers samples around f * hop_length."""

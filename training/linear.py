@@ -191,7 +191,7 @@ class LinearModel:
         rows = []
         with torch.no_grad():
             for clip in clips:
-                power = self.front_end().power(torch.from_numpy(np.ascontiguousarray(clip, np.float32))[None])
+                power = self.front_end().clip_power(torch.from_numpy(np.ascontiguousarray(clip, np.float32))[None])
                 rows.append(power_features(power, torch.tensor([power.shape[-1]]))[0])
         return np.stack(rows)
 
@@ -203,7 +203,7 @@ class LinearModel:
             features = power_features(batch["mel_power"].cpu(), batch["frames"].cpu())
         else:
             wave, lengths = batch["waveform"].cpu().float(), batch["lengths"].cpu()
-            power = self.front_end().power(wave)
+            power = self.front_end().clip_power(wave)
             hop = int(self.audio["hop_length"])
             frames = torch.clamp((lengths - 1) // hop + 1, min=1, max=power.shape[-1])
             features = power_features(power, frames)

@@ -78,7 +78,7 @@ class ClipPower:
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return self.frontend.power(torch.from_numpy(wave)[None])[0]
+            return self.frontend.clip_power(torch.from_numpy(wave)[None])[0]
 
 
 class EpochBatches(Sampler[list[int]]):
