@@ -197,3 +197,44 @@ def test_evaluate_scores_it_alone_and_in_an_ensemble(linear, trained_run, corpus
     neural = score_split(load_checkpoint(out / "best.pt")[0], load_split([corpus], "validation"), progress=False)
     expected = retrieval_metrics((scores + neural.scores["prediction"]) / 2, targets)["mAP@10"]
     assert both["mAP@10"] == pytest.approx(expected, abs=0.01)
+
+
+def test_a_missing_or_foreign_teacher_file_is_one_line(trained_run, corpus, tmp_path, capsys):
+    from hark.cli import main
+
+    out, _ = trained_run
+    (tmp_path / "foreign.npz").write_bytes(b"PK\x03\x04 not really")
+    for teacher in (tmp_path / "missing.npz", tmp_path / "foreign.npz"):
+        argv = ["distill", "--init", str(out / "best.pt"), "--teacher", str(teacher), "--data", str(corpus),
+                "--out", str(tmp_path / "kd")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"hark: error: {teacher}: not a linear model file") and "\n" not in err, err
+        assert main(["evaluate", "--checkpoint", str(teacher), "--data", str(corpus)]) == 2
+        assert "not a linear model file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "clip_folds", "scale", "folds", "audio", "settings", "shape"])
+def test_a_damaged_model_file_is_refused_by_name(linear, tmp_path, damage):
+    from hark.training.linear import LinearModelError
+
+    _, path = linear
+    broken = tmp_path / "broken.npz"
+    if damage == "truncated":
+        broken.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    else:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(bytes(arrays["meta"]).decode())
+        changes = {"clip_folds": ("clip_folds", []), "scale": ("scale", float("nan")), "folds": ("folds", [[0, 0]]),
+                   "audio": ("audio", {"n_mels": 1}), "settings": ("config", {**meta["config"], "folds": "x"})}
+        if damage == "shape":
+            arrays["main.audio_proj"] = arrays["main.audio_proj"][:5]
+        else:
+            key, value = changes[damage]
+            meta[key] = value
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        np.savez(broken, **arrays)
+    with pytest.raises(LinearModelError) as err:
+        LinearModel.load(broken)
+    assert str(err.value).startswith(f"{broken}: ")

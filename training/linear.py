@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from hark.audio import AudioDecodeError, decode_audio
+from hark.errors import HarkError
 from hark.text import normalize_caption
 
 from .config import AudioConfig
@@ -33,6 +35,10 @@ from .frontend import MelFrontEnd
 
 FORMAT = "hark-linear-1"
 _MEL_FIELDS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax")
+
+
+class LinearModelError(HarkError, ValueError):
+    """A linear model file that cannot be read, or a fit that cannot be made (the message says why)."""
 
 
 @dataclass
@@ -223,7 +229,7 @@ class LinearModel:
         Undecodable clips are left out, as there."""
         kept, clips = _decodable(examples, int(self.audio["sample_rate"]), max_seconds)
         if not kept:
-            raise ValueError("no decodable audio in the split")
+            raise LinearModelError("no decodable audio in the split")
         queries = [c for ex in kept for c in ex.captions]
         targets = np.array([i for i, ex in enumerate(kept) for _ in ex.captions])
         return self.scores_from_features(queries, self.wave_features(clips)), targets, kept
@@ -232,7 +238,7 @@ class LinearModel:
         """Refuse a student whose cached mel power is not computed as this model's was."""
         mine = [self.audio[f] for f in _MEL_FIELDS]
         if [getattr(audio, f) for f in _MEL_FIELDS] != mine:
-            raise ValueError(f"teacher {name} has another mel front end than the student; distill without "
+            raise LinearModelError(f"teacher {name} has another mel front end than the student; distill without "
                              "train.mel_cache")
 
     # -- files --------------------------------------------------------------------------------------------------
@@ -254,7 +260,7 @@ class LinearModel:
                 meta = json.loads(bytes(data["meta"]).decode("utf-8"))
                 if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                     found = meta.get("format") if isinstance(meta, dict) else None
-                    raise ValueError(f"format {found!r}, expected {FORMAT}")
+                    raise LinearModelError(f"format {found!r}, expected {FORMAT}")
                 names = ["main", *(f"fold{a}_{b}" for a, b in meta["folds"])]
                 projections = [Projection(*(data[f"{n}.{f}"] for f in Projection.ARRAYS)) for n in names]
                 idf = data["idf"]
@@ -263,18 +269,47 @@ class LinearModel:
                             folds={(int(a), int(b)): p for (a, b), p in zip(meta["folds"], projections[1:],
                                                                             strict=True)},
                             clip_folds={str(k): int(v) for k, v in meta["clip_folds"].items()})
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a linear model file ({exc})") from None
-        n_terms = len(model.vocabulary)
-        for proj in [model.main, *model.folds.values()]:
-            n_audio = proj.audio_mean.shape[0]
-            shapes = {"idf": (idf, (n_terms,)), "text_mean": (proj.text_mean, (n_terms,)),
-                      "audio_std": (proj.audio_std, (n_audio,)),
-                      "text_proj": (proj.text_proj, (n_terms, proj.audio_proj.shape[1]))}
-            for key, (array, shape) in shapes.items():
-                if array.shape != shape:
-                    raise ValueError(f"{path}: {key} has shape {array.shape}, expected {shape}")
+                problem = _problem(model)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, UnicodeDecodeError,
+                zipfile.BadZipFile) as exc:
+            raise LinearModelError(f"{path}: not a linear model file ({exc})") from None
+        if problem:
+            raise LinearModelError(f"{path}: {problem}")
         return model
+
+
+def _problem(model: LinearModel) -> str | None:
+    """What is wrong with a loaded model's fields, None when nothing (a file edited or written by something else)."""
+    if not all(isinstance(t, str) for t in model.vocabulary):
+        return "the vocabulary is not a list of terms"
+    if sorted(model.audio) != sorted(_MEL_FIELDS) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in model.audio.values()):
+        return f"the mel front end {model.audio} is not one (fields {', '.join(_MEL_FIELDS)})"
+    if not (math.isfinite(model.scale) and model.scale > 0):
+        return f"the scale {model.scale} is not a positive number"
+    k = model.config.folds
+    numbers = [model.config.rank, model.config.audio_reg, model.config.text_reg, model.config.power, k]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers) or not isinstance(k, int):
+        return f"the settings {asdict(model.config)} are not numbers"
+    if set(model.folds) != ({(a, b) for a in range(k) for b in range(a, k)} if k else set()):
+        return f"the cross-fitted projections do not match {k} folds"
+    if any(not 0 <= f < max(k, 1) for f in model.clip_folds.values()):
+        return f"a clip's fold is outside 0-{k - 1}"
+    n_terms = len(model.vocabulary)
+    for proj in [model.main, *model.folds.values()]:
+        n_audio, rank = proj.audio_mean.shape[0], proj.audio_proj.shape[-1]
+        shapes = {"idf": (model.idf, (n_terms,)), "text_mean": (proj.text_mean, (n_terms,)),
+                  "audio_std": (proj.audio_std, (n_audio,)), "audio_proj": (proj.audio_proj, (n_audio, rank)),
+                  "text_proj": (proj.text_proj, (n_terms, rank))}
+        for key, (array, shape) in shapes.items():
+            if array.shape != shape:
+                return f"{key} has shape {array.shape}, expected {shape}"
+            if not np.isfinite(array).all():
+                return f"{key} holds values that are not finite"
+        if (proj.audio_std <= 0).any():
+            return "audio_std holds values that are not positive"
+    return None
 
 
 def is_linear_model(path: str | Path) -> bool:
@@ -334,11 +369,11 @@ def fit_linear(examples: Sequence[Example], audio: AudioConfig, config: LinearCo
     config = config or LinearConfig()
     if (config.rank < 1 or config.audio_reg <= 0 or config.text_reg <= 0 or config.tau <= 0
             or config.folds < 0 or config.folds == 1 or config.max_terms < 1):
-        raise ValueError(f"linear model settings out of range: {config}")
+        raise LinearModelError(f"linear model settings out of range: {config}")
     kept, clips = _decodable(examples, audio.sample_rate, max_seconds)
     pairs = [(i, c) for i, ex in enumerate(kept) for c in ex.captions]
     if len(kept) < max(2, config.folds) or not pairs:
-        raise ValueError(f"fitting the linear model needs at least {max(2, config.folds)} decodable clips with "
+        raise LinearModelError(f"fitting the linear model needs at least {max(2, config.folds)} decodable clips with "
                          f"captions; found {len(kept)}")
     mel = {f: getattr(audio, f) for f in _MEL_FIELDS}
     empty = Projection(*(np.zeros(0) for _ in Projection.ARRAYS))

@@ -16,7 +16,7 @@ from .config import ModelConfig
 from .data.formats import Example, discover, load_split  # noqa: F401  (load_split: re-exported)
 from .linear import LinearModel, is_linear_model
 from .loop import RunResult, Trainer
-from .model import RetrievalModel, load_checkpoint, read_checkpoint, restore_model
+from .model import CheckpointError, RetrievalModel, load_checkpoint, read_checkpoint, restore_model
 from .objectives import ContrastiveObjective, DistillationObjective
 from .towers import build_tokenizer
 
@@ -118,7 +118,7 @@ def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str
             if isinstance(member, LinearModel):
                 member.check_front_end(cfg.audio, str(path))
             elif [getattr(member.cfg.audio, f) for f in fields] != mine:
-                raise ValueError(f"teacher {path} has another mel front end than the student; distill without "
+                raise CheckpointError(f"teacher {path} has another mel front end than the student; distill without "
                                  "train.mel_cache")
 
     def factory(model: RetrievalModel) -> DistillationObjective:
