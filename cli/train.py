@@ -257,8 +257,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=_positive_int, default=32, help="canonical components kept (32)")
     p.add_argument("--audio-reg", type=_positive_float, default=1.0, help="ridge on the audio covariance (1.0)")
     p.add_argument("--text-reg", type=_positive_float, default=0.01, help="ridge on the text covariance (0.01)")
-    p.add_argument("--folds", type=int, choices=[0, *range(2, 11)], default=4, metavar="K",
-                   help="cross-fitting folds (0, or 2-10; default 4): distillation then scores each training pair "
+    p.add_argument("--folds", type=int, choices=[0, *range(3, 11)], default=4, metavar="K",
+                   help="cross-fitting folds (0, or 3-10; default 4): distillation then scores each training pair "
                         "with a fit that did not see it")
     p.add_argument("--power", type=_positive_float, default=4.0,
                    help="components weighted by correlation to this power (4)")

@@ -134,12 +134,15 @@ def test_fitting_needs_clips_with_captions(corpus):
     broken = [ex for ex in examples if ex.audio_path.name.startswith("broken")]
     good = [ex for ex in examples if ex not in broken]
     assert broken
-    with pytest.raises(ValueError, match="at least 4 decodable clips with captions; found 3"):
-        fit_linear([*broken, *good[:3]], load_config("tiny").audio)
+    with pytest.raises(ValueError, match="at least 8 decodable clips with captions; found 7"):
+        fit_linear([*broken, *good[:7]], load_config("tiny").audio)
     with pytest.raises(ValueError, match="at least 2 decodable clips with captions; found 1"):
         fit_linear(good[:1], load_config("tiny").audio, LinearConfig(folds=0))
-    with pytest.raises(ValueError, match="out of range"):
-        fit_linear(examples, load_config("tiny").audio, LinearConfig(folds=1))
+    for folds in (1, 2):  # with two folds the fit for a pair across them would have no data
+        with pytest.raises(ValueError, match="out of range"):
+            fit_linear(examples, load_config("tiny").audio, LinearConfig(folds=folds))
+    small = fit_linear(good[:6], load_config("tiny").audio, LinearConfig(folds=3))
+    assert len(small.folds) == 6 and all(np.isfinite(p.audio_proj).all() for p in small.folds.values())
 
 
 def test_distillation_takes_a_linear_teacher(linear, trained_run, corpus, tmp_path):

@@ -36,6 +36,10 @@ class LogMel(nn.Module):
         return (torch.log(mel + 1e-5) + 4.5) / 5.0
 
 
+# The AudioConfig fields that decide what `MelFrontEnd.power` computes: models that agree on them share cached power.
+MEL_FIELDS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax")
+
+
 class MelFrontEnd(nn.Module):
     def __init__(self, cfg: AudioConfig, dft_conv: bool = False) -> None:
         super().__init__()

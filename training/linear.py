@@ -31,10 +31,9 @@ from hark.text import normalize_caption
 
 from .config import AudioConfig
 from .data.formats import Example
-from .frontend import MelFrontEnd
+from .frontend import MEL_FIELDS, MelFrontEnd
 
 FORMAT = "hark-linear-1"
-_MEL_FIELDS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax")
 
 
 class LinearModelError(HarkError, ValueError):
@@ -236,8 +235,8 @@ class LinearModel:
 
     def check_front_end(self, audio: AudioConfig, name: str) -> None:
         """Refuse a student whose cached mel power is not computed as this model's was."""
-        mine = [self.audio[f] for f in _MEL_FIELDS]
-        if [getattr(audio, f) for f in _MEL_FIELDS] != mine:
+        mine = [self.audio[f] for f in MEL_FIELDS]
+        if [getattr(audio, f) for f in MEL_FIELDS] != mine:
             raise LinearModelError(f"teacher {name} has another mel front end than the student; distill without "
                              "train.mel_cache")
 
@@ -282,10 +281,10 @@ def _problem(model: LinearModel) -> str | None:
     """What is wrong with a loaded model's fields, None when nothing (a file edited or written by something else)."""
     if not all(isinstance(t, str) for t in model.vocabulary):
         return "the vocabulary is not a list of terms"
-    if sorted(model.audio) != sorted(_MEL_FIELDS) or not all(
+    if sorted(model.audio) != sorted(MEL_FIELDS) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
             for v in model.audio.values()):
-        return f"the mel front end {model.audio} is not one (fields {', '.join(_MEL_FIELDS)})"
+        return f"the mel front end {model.audio} is not one (fields {', '.join(MEL_FIELDS)})"
     if not (math.isfinite(model.scale) and model.scale > 0):
         return f"the scale {model.scale} is not a positive number"
     k = model.config.folds
@@ -364,18 +363,21 @@ def fit_linear(examples: Sequence[Example], audio: AudioConfig, config: LinearCo
                max_seconds: float | None = None) -> LinearModel:
     """Fit on the examples (whole clips, up to `max_seconds`; every caption paired with its clip's features), and
     with `config.folds` >= 2 the cross-fitted projections (see `LinearModel`). The scale is calibrated on
-    held-out scores where there are folds. Undecodable clips are left out; at least two clips with captions (and
-    one per fold) are needed."""
+    held-out scores where there are folds. Undecodable clips are left out; at least two clips with captions (two
+    per fold) are needed."""
     config = config or LinearConfig()
+    # A caption of fold a against a clip of fold b is scored by the fit without both: with two folds that fit would
+    # have no data, so cross-fitting needs three or more.
     if (config.rank < 1 or config.audio_reg <= 0 or config.text_reg <= 0 or config.tau <= 0
-            or config.folds < 0 or config.folds == 1 or config.max_terms < 1):
-        raise LinearModelError(f"linear model settings out of range: {config}")
+            or config.folds < 0 or config.folds in (1, 2) or config.max_terms < 1):
+        raise LinearModelError(f"linear model settings out of range (folds: 0, or 3 or more): {config}")
     kept, clips = _decodable(examples, audio.sample_rate, max_seconds)
     pairs = [(i, c) for i, ex in enumerate(kept) for c in ex.captions]
-    if len(kept) < max(2, config.folds) or not pairs:
-        raise LinearModelError(f"fitting the linear model needs at least {max(2, config.folds)} decodable clips with "
-                         f"captions; found {len(kept)}")
-    mel = {f: getattr(audio, f) for f in _MEL_FIELDS}
+    needed = max(2, 2 * config.folds)  # two clips a fold
+    if len(kept) < needed or not pairs:
+        raise LinearModelError(f"fitting the linear model needs at least {needed} decodable clips with captions; "
+                               f"found {len(kept)}")
+    mel = {f: getattr(audio, f) for f in MEL_FIELDS}
     empty = Projection(*(np.zeros(0) for _ in Projection.ARRAYS))
     model = LinearModel(config, mel, [], np.zeros(0), empty)
     features = model.wave_features(clips)

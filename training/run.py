@@ -14,6 +14,7 @@ import torch
 
 from .config import ModelConfig
 from .data.formats import Example, discover, load_split  # noqa: F401  (load_split: re-exported)
+from .frontend import MEL_FIELDS
 from .linear import LinearModel, is_linear_model
 from .loop import RunResult, Trainer
 from .model import CheckpointError, RetrievalModel, load_checkpoint, read_checkpoint, restore_model
@@ -112,14 +113,13 @@ def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str
     dev = pick_device(device)
     members = [load_teacher(path, dev) for path in teachers]
     if cfg.train.mel_cache:  # the teachers read the student's cached power: it must be theirs too
-        fields = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax")
-        mine = [getattr(cfg.audio, f) for f in fields]
+        mine = [getattr(cfg.audio, f) for f in MEL_FIELDS]
         for path, member in zip(teachers, members, strict=True):
             if isinstance(member, LinearModel):
                 member.check_front_end(cfg.audio, str(path))
-            elif [getattr(member.cfg.audio, f) for f in fields] != mine:
-                raise CheckpointError(f"teacher {path} has another mel front end than the student; distill without "
-                                 "train.mel_cache")
+            elif [getattr(member.cfg.audio, f) for f in MEL_FIELDS] != mine:
+                raise CheckpointError(f"teacher {path} has another mel front end than the student; distill "
+                                      "without train.mel_cache")
 
     def factory(model: RetrievalModel) -> DistillationObjective:
         return DistillationObjective(model, members, model.cfg.train.tau, model.cfg.train.kd_lambda)
