@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +10,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hark.audio import AudioDecodeError, decode_audio
-
 from . import metrics
+from .data.dataset import load_clips
 from .data.formats import Example
 from .linear import LinearModel
 from .model import RetrievalModel
 from .objectives import prediction
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,19 +27,6 @@ class ScoredSplit:
     targets: np.ndarray  # [Q] column of each caption's own audio
     scores: dict[str, np.ndarray]
     skipped: list[str]
-
-
-def _load_clips(examples: Sequence[Example], sample_rate: int, max_seconds: float):
-    """Decode each example's audio (first max_seconds); undecodable files are reported and left out."""
-    kept, clips, skipped = [], [], []
-    for ex in examples:
-        try:
-            clips.append(decode_audio(ex.audio_path, sample_rate, max_seconds=max_seconds))
-            kept.append(ex)
-        except AudioDecodeError as exc:
-            log.warning("skipping %s", exc)
-            skipped.append(ex.audio_path.name)
-    return kept, clips, skipped
 
 
 def _score_linear(model: LinearModel, examples: Sequence[Example]) -> ScoredSplit:
@@ -63,7 +46,7 @@ def score_split(model: RetrievalModel | LinearModel, examples: Sequence[Example]
     cfg = model.cfg.audio
     skipped: list[str] = []
     if clips is None:
-        examples, clips, skipped = _load_clips(examples, cfg.sample_rate, cfg.segment_seconds * cfg.max_segments)
+        examples, clips, skipped = load_clips(examples, cfg.sample_rate, cfg.segment_seconds * cfg.max_segments)
     if not examples:
         raise ValueError("no decodable audio in the evaluation split")
     model.eval()

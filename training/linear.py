@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hark.audio import AudioDecodeError, decode_audio
 from hark.errors import HarkError
 from hark.text import normalize_caption
 
 from .config import AudioConfig
+from .data.dataset import load_clips
 from .data.formats import Example
 from .frontend import MEL_FIELDS, MelFrontEnd
 
@@ -154,14 +154,19 @@ class LinearModel:
         self._index = {term: i for i, term in enumerate(self.vocabulary)}
 
     # -- embeddings ---------------------------------------------------------------------------------------------
-    def text_features(self, captions: Sequence[str]) -> np.ndarray:
+    def term_counts(self, captions: Sequence[str]) -> np.ndarray:
+        """[captions, vocabulary] counts of the vocabulary's terms (others are ignored)."""
         counts = np.zeros((len(captions), len(self.vocabulary)))
         for row, caption in enumerate(captions):
             for term in caption_terms(caption):
                 column = self._index.get(term)
                 if column is not None:
                     counts[row, column] += 1
-        weighted = np.log1p(counts) * self.idf
+        return counts
+
+    def text_features(self, captions: Sequence[str], counts: np.ndarray | None = None) -> np.ndarray:
+        """Log counts x idf, unit rows (`counts` when the captions' `term_counts` are at hand)."""
+        weighted = np.log1p(self.term_counts(captions) if counts is None else counts) * self.idf
         return weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-9)
 
     def scores_from_features(self, captions: Sequence[str], features: np.ndarray) -> np.ndarray:
@@ -226,19 +231,12 @@ class LinearModel:
     def split_scores(self, examples: Sequence[Example], max_seconds: float | None = None):
         """Scores of a split in `evaluate.score_split`'s order: (scores [captions, clips], targets, kept examples).
         Undecodable clips are left out, as there."""
-        kept, clips = _decodable(examples, int(self.audio["sample_rate"]), max_seconds)
+        kept, clips, _ = load_clips(examples, int(self.audio["sample_rate"]), max_seconds)
         if not kept:
             raise LinearModelError("no decodable audio in the split")
         queries = [c for ex in kept for c in ex.captions]
         targets = np.array([i for i, ex in enumerate(kept) for _ in ex.captions])
         return self.scores_from_features(queries, self.wave_features(clips)), targets, kept
-
-    def check_front_end(self, audio: AudioConfig, name: str) -> None:
-        """Refuse a student whose cached mel power is not computed as this model's was."""
-        mine = [self.audio[f] for f in MEL_FIELDS]
-        if [getattr(audio, f) for f in MEL_FIELDS] != mine:
-            raise LinearModelError(f"teacher {name} has another mel front end than the student; distill without "
-                             "train.mel_cache")
 
     # -- files --------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -348,17 +346,6 @@ def _calibrated_scale(cos: np.ndarray, targets: np.ndarray, tau: float) -> float
     return math.exp((lo + hi) / 2)
 
 
-def _decodable(examples: Sequence[Example], rate: int, max_seconds: float | None):
-    kept, clips = [], []
-    for ex in examples:
-        try:
-            clips.append(decode_audio(ex.audio_path, rate, max_seconds=max_seconds))
-            kept.append(ex)
-        except AudioDecodeError:
-            continue
-    return kept, clips
-
-
 def fit_linear(examples: Sequence[Example], audio: AudioConfig, config: LinearConfig | None = None,
                max_seconds: float | None = None) -> LinearModel:
     """Fit on the examples (whole clips, up to `max_seconds`; every caption paired with its clip's features), and
@@ -371,7 +358,7 @@ def fit_linear(examples: Sequence[Example], audio: AudioConfig, config: LinearCo
     if (config.rank < 1 or config.audio_reg <= 0 or config.text_reg <= 0 or config.tau <= 0
             or config.folds < 0 or config.folds in (1, 2) or config.max_terms < 1):
         raise LinearModelError(f"linear model settings out of range (folds: 0, or 3 or more): {config}")
-    kept, clips = _decodable(examples, audio.sample_rate, max_seconds)
+    kept, clips, _ = load_clips(examples, audio.sample_rate, max_seconds)
     pairs = [(i, c) for i, ex in enumerate(kept) for c in ex.captions]
     needed = max(2, 2 * config.folds)  # two clips a fold
     if len(kept) < needed or not pairs:
@@ -389,13 +376,9 @@ def fit_linear(examples: Sequence[Example], audio: AudioConfig, config: LinearCo
             frequency[term] = frequency.get(term, 0) + 1
     model.vocabulary = sorted(frequency, key=lambda t: -frequency[t])[:config.max_terms]
     model.__post_init__()
-    counts = np.zeros((len(pairs), len(model.vocabulary)))
-    for row, (_, caption) in enumerate(pairs):
-        for term in caption_terms(caption):
-            if term in model._index:
-                counts[row, model._index[term]] += 1
+    counts = model.term_counts([c for _, c in pairs])
     model.idf = np.log(len(pairs) / (1.0 + (counts > 0).sum(0))) + 1.0
-    text = model.text_features([c for _, c in pairs])
+    text = model.text_features([c for _, c in pairs], counts)
     rows = np.array([i for i, _ in pairs])
     model.main = _fit_projection(features[rows], text, config)
     if config.folds:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .data.dataset import AudioCaptionDataset, Augment, collate, mix_batch
+from .data.dataset import AudioCaptionDataset, Augment, collate, load_clips, mix_batch
 from .data.formats import Example
 from .evaluate import score_split, split_metrics
 from .model import CheckpointError, RetrievalModel, read_checkpoint
@@ -278,11 +278,9 @@ class Trainer:
         if not self.val_examples:
             return {}
         if self._val_clips is None:
-            from .evaluate import _load_clips
-
             a = self.model.cfg.audio
-            self._val_examples, clips, _ = _load_clips(self.val_examples, a.sample_rate,
-                                                       a.segment_seconds * a.max_segments)
+            self._val_examples, clips, _ = load_clips(self.val_examples, a.sample_rate,
+                                                      a.segment_seconds * a.max_segments)
             self._val_clips = clips
         split = score_split(self.model, self._val_examples, clips=self._val_clips, progress=False)
         out = {f"val_{k}": v for k, v in split_metrics(split).items()}

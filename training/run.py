@@ -115,9 +115,8 @@ def distill(init: Path | None, teachers: Sequence[Path], data_dirs: Sequence[str
     if cfg.train.mel_cache:  # the teachers read the student's cached power: it must be theirs too
         mine = [getattr(cfg.audio, f) for f in MEL_FIELDS]
         for path, member in zip(teachers, members, strict=True):
-            if isinstance(member, LinearModel):
-                member.check_front_end(cfg.audio, str(path))
-            elif [getattr(member.cfg.audio, f) for f in MEL_FIELDS] != mine:
+            audio = member.audio if isinstance(member, LinearModel) else vars(member.cfg.audio)
+            if [audio[f] for f in MEL_FIELDS] != mine:
                 raise CheckpointError(f"teacher {path} has another mel front end than the student; distill "
                                       "without train.mel_cache")
 

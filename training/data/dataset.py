@@ -30,6 +30,20 @@ ORDER_WORDS = frozenset({"then", "before", "after", "afterwards", "first", "fina
                          "subsequently", "lastly", "begin", "end", "while", "whilst", "meanwhile", "during"})
 
 
+def load_clips(examples: Sequence[Example], sample_rate: int, max_seconds: float | None = None):
+    """Decode each example's audio (the first `max_seconds`, or all of it): (kept examples, their clips, names of the
+    skipped files). Undecodable files are reported (a warning each) and left out."""
+    kept, clips, skipped = [], [], []
+    for ex in examples:
+        try:
+            clips.append(decode_audio(ex.audio_path, sample_rate, max_seconds=max_seconds))
+            kept.append(ex)
+        except AudioDecodeError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append(ex.audio_path.name)
+    return kept, clips, skipped
+
+
 @dataclass(frozen=True)
 class Augment:
     """Per-item training augmentation (the batch-level ones live in `mix_batch` and the loop)."""
